@@ -1,0 +1,228 @@
+"""What an audit computes: the validated configuration, its timestep grids and its mask bank.
+
+A config is plain data (a dataclass) loaded from JSON/TOML or keyword arguments; unknown keys
+are an error, because a typo silently ignored would change what gets measured.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+# Attacks whose grid starts at t = 0 (Loss and PIA at t = 0 are degenerate: SPEC §1).
+STARTS_AT_ZERO = {"sima", "secmi"}
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    attacks: tuple[str, ...] = ("sima", "loss", "pia", "secmi")
+    t_max: int = 300  # grid is range(0 or stride, t_max, stride): the papers' {0, 10, ..., 290}
+    t_stride: int = 10
+    timesteps: dict[str, list[int]] | None = None  # per-attack override of the grid
+    secmi_interval: int = 10
+    k: int = 40  # default drop percentage of the influence filter (SPEC §4)
+    k_sweep: tuple[int, ...] = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90)
+    n_random: int = 10  # draws of the random and channel-matched controls
+    n_probes: int = 8  # Hutchinson probes for influence
+    svd_rank: int = 20
+    svd_oversample: int = 30
+    svd_power_iters: int = 2
+    svd_method: str = "jvp"
+    distortion_estimator: str = "topk"
+    hf_filter: bool = True  # App. F high-frequency-filter variant of Loss and PIA
+    hf_timesteps: tuple[int, ...] = (50, 100, 150, 200, 250)
+    hf_scale: float = 0.0  # β above the radius (0 removes the high band)
+    active_nats: float = 3.0  # a dim is "active" within this many nats of the sample's max influence
+    bootstrap: int = 1000
+    calibration_fraction: float = 0.5
+    strata_random: int = 10
+    chunk_size: int = 64  # samples per stored chunk (fixed: part of the result's identity)
+    batch_size: int = 64  # samples per forward batch (does not change results)
+    seed: int = 0
+    cond: str = "auto"  # "auto" | "none" | "caption" | "label"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # Fields that change how fast, not what: left out of the config hash.
+    _NOT_HASHED = ("batch_size",)
+
+    def __post_init__(self):
+        _validate(self)
+
+    def grid(self, attack: str) -> list[int]:
+        if self.timesteps and attack in self.timesteps:
+            return [int(t) for t in self.timesteps[attack]]
+        start = 0 if attack in STARTS_AT_ZERO else self.t_stride
+        return list(range(start, self.t_max, self.t_stride))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["attacks"] = list(self.attacks)
+        d["k_sweep"] = list(self.k_sweep)
+        d["hf_timesteps"] = list(self.hf_timesteps)
+        return d
+
+    def hash(self) -> str:
+        d = {k: v for k, v in self.to_dict().items() if k not in self._NOT_HASHED}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def replace(self, **kw) -> "AuditConfig":
+        return from_dict({**self.to_dict(), **kw})
+
+
+def _validate(c: AuditConfig) -> None:
+    from ..attacks import ATTACKS
+
+    for a in c.attacks:
+        if a not in ATTACKS:
+            raise ConfigError(f"unknown attack {a!r}; known: {', '.join(sorted(ATTACKS))}")
+    if not c.attacks:
+        raise ConfigError("attacks is empty")
+    if not 0 <= c.k < 100:
+        raise ConfigError(f"k must be in [0, 100), got {c.k}")
+    for k in c.k_sweep:
+        if not 0 <= k < 100:
+            raise ConfigError(f"k_sweep values must be in [0, 100), got {k}")
+    if c.t_stride < 1 or c.t_max <= c.t_stride:
+        raise ConfigError(f"need 1 <= t_stride < t_max, got t_stride={c.t_stride}, t_max={c.t_max}")
+    for name in ("n_random", "n_probes", "svd_rank", "chunk_size", "batch_size", "bootstrap", "secmi_interval"):
+        if getattr(c, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(c, name)}")
+    if not 0 < c.calibration_fraction < 1:
+        raise ConfigError(f"calibration_fraction must be in (0, 1), got {c.calibration_fraction}")
+    if c.svd_method not in ("jvp", "fd"):
+        raise ConfigError(f"svd_method must be 'jvp' or 'fd', got {c.svd_method!r}")
+    if c.distortion_estimator not in ("topk", "slq"):
+        raise ConfigError(f"distortion_estimator must be 'topk' or 'slq', got {c.distortion_estimator!r}")
+    if c.cond not in ("auto", "none", "caption", "label"):
+        raise ConfigError(f"cond must be auto|none|caption|label, got {c.cond!r}")
+    if c.timesteps is not None:
+        if not isinstance(c.timesteps, dict):
+            raise ConfigError("timesteps must map attack names to lists of ints")
+        for a, ts in c.timesteps.items():
+            if a not in c.attacks:
+                raise ConfigError(f"timesteps names attack {a!r} which is not in attacks")
+            if not ts or any(int(t) < 0 for t in ts):
+                raise ConfigError(f"timesteps[{a!r}] must be a non-empty list of t >= 0")
+
+
+_TUPLES = ("attacks", "k_sweep", "hf_timesteps")
+
+
+def from_dict(d: dict, source: str = "config") -> AuditConfig:
+    """Build a config from a dict; unknown keys are an error (names the nearest known key)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(AuditConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        import difflib
+
+        hints = []
+        for u in unknown:
+            m = difflib.get_close_matches(str(u), sorted(known), n=1)
+            hints.append(f"{u!r}" + (f" (did you mean {m[0]!r}?)" if m else ""))
+        raise ConfigError(f"{source}: unknown setting(s) {', '.join(hints)}")
+    kw = dict(d)
+    for name in _TUPLES:
+        if name in kw:
+            v = kw[name]
+            if isinstance(v, str):
+                v = [x for x in v.replace(",", " ").split() if x]
+            if not isinstance(v, (list, tuple)):
+                raise ConfigError(f"{source}: {name} must be a list, got {type(v).__name__}")
+            kw[name] = tuple(v)
+    try:
+        kw = {k: _coerce(k, v, source) for k, v in kw.items()}
+        return AuditConfig(**kw)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _coerce(name: str, value, source: str):
+    f = {f.name: f for f in dataclasses.fields(AuditConfig)}[name]
+    default = f.default if f.default is not dataclasses.MISSING else None
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if isinstance(default, int):
+            if isinstance(value, bool) or float(value) != int(value):
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if name in ("k_sweep", "hf_timesteps"):
+            return tuple(int(v) if name == "k_sweep" else int(v) for v in value)
+        if name == "attacks":
+            return tuple(str(v) for v in value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{source}: {name} has an invalid value {value!r}") from None
+    return value
+
+
+def load_config(path: str | Path | None, **overrides) -> AuditConfig:
+    """Read a JSON or TOML config file (or none) and apply keyword overrides."""
+    d: dict = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read config ({e.strerror})") from None
+        try:
+            if p.suffix.lower() == ".toml":
+                import tomllib
+
+                d = tomllib.loads(text)
+            else:
+                d = json.loads(text)
+        except Exception as e:  # JSONDecodeError, TOMLDecodeError, UnicodeError
+            raise ConfigError(f"{p}: not a valid {p.suffix.lstrip('.') or 'JSON'} config: {e}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{p}: expected a mapping of settings at the top level")
+    d.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(d, source=str(path) if path else "config")
+
+
+# ---------------------------------------------------------------------------------------------
+# The mask bank: every mask the audit reduces each attack vector with, in a fixed order.
+
+
+@dataclass(frozen=True)
+class MaskId:
+    kind: str  # "none" | "influence" | "reverse" | "random" | "channel"
+    k: int = 0
+    draw: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.kind == "none":
+            return "none"
+        s = f"{self.kind}@{self.k}"
+        return s if self.draw is None else f"{s}#{self.draw}"
+
+
+def mask_bank(config: AuditConfig) -> list[MaskId]:
+    """The masks, in the column order of the stored statistics."""
+    ks = sorted(set(k for k in config.k_sweep if k > 0) | {config.k} - {0})
+    out = [MaskId("none")]
+    for k in ks:
+        out.append(MaskId("influence", k))
+        out.append(MaskId("reverse", k))
+        out.extend(MaskId("random", k, r) for r in range(config.n_random))
+        out.extend(MaskId("channel", k, r) for r in range(config.n_random))
+    return out
