@@ -100,7 +100,8 @@ def tiny_scheduler(prediction_type: str = "epsilon", num_train_timesteps: int = 
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear",
-                         beta_start=1e-4, beta_end=2e-2, prediction_type=prediction_type)
+                         beta_start=1e-4, beta_end=2e-2, prediction_type=prediction_type,
+                         clip_sample=False, steps_offset=1)  # what SD pipelines expect; avoids their warnings
 
 
 # -- a CLIP tokenizer written offline (SPEC §9) --
