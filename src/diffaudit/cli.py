@@ -34,6 +34,78 @@ def echo(msg: str = "") -> None:
 
 
 # -- commands begin (one function per command; keep bodies thin) --
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("diffaudit-report"), "--out", help="Report folder (also holds the split, model and cache)."),
+    data: str = typer.Option("digits", "--data", help="digits (bundled with scikit-learn) or fashion-mnist (Debian's dataset-fashion-mnist)."),
+    seed: int = typer.Option(0, "--seed"),
+    quick: bool = typer.Option(False, "--quick", help="A reduced run (64+64 samples, few steps): a smoke test, not a result."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard cached audit results made with another config."),
+    no_progress: bool = typer.Option(False, "--no-progress"),
+):
+    """Train a tiny latent diffusion model on embedded data, audit it, write a report."""
+    from .audit.demo import run_demo
+    from .report import summary_table
+
+    result = run_demo(out, data=data, seed=seed, quick=quick, overwrite=overwrite, progress=not no_progress, log=echo)
+    echo(summary_table(result.results))
+    echo(f"report: {out / 'report.html'}")
+
+
+@app.command()
+def audit(
+    model: Path = typer.Option(..., "--model", help="Model folder (diffusers layout or a Stable Diffusion pipeline)."),
+    members: Path = typer.Option(..., "--members", help="Member split file (diffaudit split)."),
+    holdout: Path = typer.Option(..., "--holdout", help="Held-out split file."),
+    config: Optional[Path] = typer.Option(None, "--config", help="JSON or TOML audit config (see README)."),
+    out: Path = typer.Option(Path("diffaudit-report"), "--out"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where the split's images live now, if moved."),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str = typer.Option("float32", "--dtype", help="UNet precision: float32, float16 or bfloat16 (geometry stays float32)."),
+    cond: str = typer.Option("auto", "--cond", help="auto | none | caption | label"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    no_progress: bool = typer.Option(False, "--no-progress"),
+):
+    """Audit a model on a member and a held-out split; resumable (rerun the same command)."""
+    from .audit import SampleSet, load_config, model_folder_hash, run_audit
+    from .data import load_split_pair
+    from .distributed import process_group
+    from .models import LatentDiffusion
+    from .report import summary_table
+
+    cfg = load_config(config, cond=cond, seed=seed)
+    m_split, h_split = load_split_pair(members, holdout, root=data_root)
+    with process_group(device) as pg:
+        lm = LatentDiffusion.from_pretrained(model, device=pg.device, dtype=dtype)
+        samples = SampleSet.from_splits(m_split, h_split, image_shape=lm.image_shape, cond=cfg.cond,
+                                        conditioning=lm.conditioning)
+        split_info = {"members": {"path": str(members), "sha256": m_split.digest(), "n": len(m_split)},
+                      "heldout": {"path": str(holdout), "sha256": h_split.digest(), "n": len(h_split)}}
+        info = {"path": str(model), "sha256": model_folder_hash(model)}
+        result = run_audit(lm, samples, cfg, out_dir=out, model_info=info, split_info=split_info, overwrite=overwrite,
+                           progress=not no_progress and pg.is_main, rank=pg.rank, world_size=pg.world_size,
+                           barrier=pg.barrier)
+    if result is not None:
+        echo(summary_table(result.results))
+        echo(f"report: {out / 'report.html'}")
+
+
+@app.command()
+def split(
+    source: str = typer.Argument(..., help="digits, fashion-mnist, folder:PATH, npz:PATH, idx:PATH or hf:PATH"),
+    members: int = typer.Option(..., "--members", help="Number of member images."),
+    heldout: Optional[int] = typer.Option(None, "--heldout", help="Number of held-out images (default: = members)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random assignment."),
+    out: Path = typer.Option(..., "--out", help="Folder for members.json and heldout.json."),
+):
+    """Draw a random, seeded member/held-out split with a pixel hash of every image."""
+    from .data import make_split_files
+
+    m, h = make_split_files(source, members, heldout if heldout is not None else members, seed, out)
+    echo(f"wrote {m} ({members} members) and {h} ({heldout if heldout is not None else members} held out)")
+
+
 # -- commands end --
 
 

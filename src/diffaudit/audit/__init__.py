@@ -18,10 +18,11 @@ import numpy as np
 
 from .. import __version__
 from .plan import AuditConfig, from_dict, load_config, mask_bank  # noqa: F401
-from .run import SampleSet, gather, run_pass
+from .run import gather, run_pass
+from .samples import SampleSet
 from .store import ChunkStore, atomic_write_json
 
-__all__ = ["AuditConfig", "AuditResult", "SampleSet", "load_config", "run_audit", "compute_results"]
+__all__ = ["AuditConfig", "AuditResult", "SampleSet", "compute_results", "load_config", "model_folder_hash", "run_audit"]
 
 _GEOMETRY_FIELDS = ("n_probes", "svd_rank", "svd_oversample", "svd_power_iters", "svd_method",
                     "distortion_estimator", "chunk_size", "seed")
@@ -37,6 +38,23 @@ class AuditResult:
 def samples_hash(samples: SampleSet) -> str:
     h = hashlib.sha256(json.dumps([samples.keys, samples.member.astype(int).tolist()]).encode())
     return h.hexdigest()[:16]
+
+
+MODEL_PARTS = ("vae", "unet", "scheduler", "text_encoder", "tokenizer")
+
+
+def model_folder_hash(folder) -> str:
+    """sha256 over a model folder's components (file names and bytes; not diffaudit.json's timings)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and (rel.parts[0] in MODEL_PARTS or rel.name == "model_index.json"):
+            h.update(str(rel).encode())
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
 
 
 def versions() -> dict:

@@ -20,50 +20,8 @@ from .. import geometry, masking
 from ..errors import NonFiniteError
 from ..rng import sample_generator
 from .plan import AuditConfig, MaskId, mask_bank
+from .samples import SampleSet
 from .store import ChunkStore
-
-
-@dataclass
-class SampleSet:
-    """Members followed by held-out samples, loaded lazily by index.
-
-    `load(indices) -> (images [B,C,H,W] float32 in [-1,1], conditions or None)`; conditions are
-    captions (list of str) or class labels (LongTensor), whatever the model's `encode_cond` takes.
-    """
-
-    keys: list[str]
-    member: np.ndarray  # bool [N]
-    load: Callable[[Sequence[int]], tuple[torch.Tensor, object]]
-    captions: list[str] | None = None
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    @classmethod
-    def from_tensors(cls, members: torch.Tensor, heldout: torch.Tensor, member_keys=None, heldout_keys=None,
-                     member_cond=None, heldout_cond=None) -> "SampleSet":
-        images = torch.cat([members, heldout]).float()
-        n_m, n_h = len(members), len(heldout)
-        keys = [str(k) for k in (member_keys or [f"member/{i}" for i in range(n_m)])]
-        keys += [str(k) for k in (heldout_keys or [f"heldout/{i}" for i in range(n_h)])]
-        cond = None
-        if member_cond is not None:
-            if isinstance(member_cond, torch.Tensor):
-                cond = torch.cat([member_cond, heldout_cond])
-            else:
-                cond = list(member_cond) + list(heldout_cond)
-
-        def load(idx):
-            idx = list(idx)
-            c = None
-            if cond is not None:
-                c = cond[torch.as_tensor(idx)] if isinstance(cond, torch.Tensor) else [cond[i] for i in idx]
-            return images[idx], c
-
-        member = np.zeros(n_m + n_h, dtype=bool)
-        member[:n_m] = True
-        captions = cond if isinstance(cond, list) else None
-        return cls(keys=keys, member=member, load=load, captions=captions)
 
 
 def chunk_ranges(n: int, chunk_size: int) -> list[tuple[int, int]]:
