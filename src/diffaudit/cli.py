@@ -106,21 +106,6 @@ def split(
     echo(f"wrote {m} ({members} members) and {h} ({heldout if heldout is not None else members} held out)")
 
 
-@app.command()
-def split(
-    source: str = typer.Argument(..., help="digits, fashion-mnist, folder:PATH, npz:PATH, idx:PATH or hf:PATH"),
-    members: int = typer.Option(..., "--members", help="Number of member images."),
-    heldout: Optional[int] = typer.Option(None, "--heldout", help="Number of held-out images (default: = members)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random assignment."),
-    out: Path = typer.Option(..., "--out", help="Folder for members.json and heldout.json."),
-):
-    """Draw a random, seeded member/held-out split with a pixel hash of every image."""
-    from .data import make_split_files
-
-    m, h = make_split_files(source, members, heldout if heldout is not None else members, seed, out)
-    echo(f"wrote {m} ({members} members) and {h} ({heldout if heldout is not None else members} held out)")
-
-
 # -- commands end --
 
 
