@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from diffaudit import attacks
 from diffaudit.attacks import ATTACKS, attack_sweep, loss, loss_noise, pia, register_attack, secmi, sima, statistic
 from diffaudit.errors import InputError, ModelError, NonFiniteError
 
@@ -281,3 +280,23 @@ def test_errors(z):
         list(attack_sweep(m, z, [1], attacks=("loss",)))
     with pytest.raises(InputError, match="timesteps for secmi"):
         list(attack_sweep(m, z, [T - 5], attacks=("secmi",)))
+
+
+def test_sweep_through_a_diffusers_unet():
+    """A real (tiny, float64) UNet2DModel: packed calls agree with single calls to float tolerance."""
+    from diffaudit.models.tiny import tiny_scheduler, tiny_unet2d
+
+    unet = tiny_unet2d(in_channels=2, sample_size=8, block_out_channels=(8, 16)).double()
+
+    class UNetModel:
+        alphas_cumprod = tiny_scheduler().alphas_cumprod
+
+        def eps(self, x, t, cond=None):
+            return unet(x, t).sample
+
+    m = UNetModel()
+    z = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    out = _sweep_dict(m, z, [0, 20], sample_ids=["x", "y", "w"], max_batch=5)
+    assert len(out) == 8
+    for (name, t), vec in out.items():
+        torch.testing.assert_close(vec, _single(m, z, name, t, ["x", "y", "w"]), rtol=1e-9, atol=1e-9)
