@@ -1,0 +1,110 @@
+"""Phrasing numbers for people: a difference with its CI, a change, a distance from a band.
+
+The verdict always comes from the interval, never from the point estimate alone: a CI that
+includes 0 says "no detectable change", whichever side the estimate falls on.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+__all__ = [
+    "ATTACK_NAMES",
+    "attack_name",
+    "fmt",
+    "fmt_signed",
+    "format_ci",
+    "ci_direction",
+    "phrase_difference",
+    "phrase_change",
+    "phrase_band",
+    "phrase_correlation",
+    "verdict_label",
+]
+
+ATTACK_NAMES = {"sima": "SimA", "loss": "Loss", "pia": "PIA", "secmi": "SecMI"}
+
+
+def attack_name(a: str) -> str:
+    return ATTACK_NAMES.get(str(a).lower(), str(a))
+
+
+def _ok(x) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def fmt(x, digits: int = 3) -> str:
+    """0.905 → "0.905"; None/NaN → "n/a"."""
+    return f"{x:.{digits}f}" if _ok(x) else "n/a"
+
+
+def fmt_signed(x, digits: int = 3) -> str:
+    """0.012 → "+0.012"; None/NaN → "n/a"."""
+    return f"{x:+.{digits}f}" if _ok(x) else "n/a"
+
+
+def format_ci(ci: Sequence[float] | None, digits: int = 3, signed: bool = True, level: float = 0.95) -> str:
+    """[0.004, 0.020] → "95% CI +0.004 to +0.020"."""
+    if ci is None or len(ci) != 2 or not (_ok(ci[0]) and _ok(ci[1])):
+        return f"{level:.0%} CI n/a"
+    f = fmt_signed if signed else fmt
+    return f"{level:.0%} CI {f(ci[0], digits)} to {f(ci[1], digits)}"
+
+
+def ci_direction(ci: Sequence[float] | None) -> int | None:
+    """+1 if the CI lies above 0, −1 if below, 0 if it includes 0, None if it is missing."""
+    if ci is None or len(ci) != 2 or not (_ok(ci[0]) and _ok(ci[1])):
+        return None
+    if ci[0] > 0:
+        return 1
+    if ci[1] < 0:
+        return -1
+    return 0
+
+
+def phrase_difference(
+    estimate,
+    ci,
+    up: str = "the filter helps",
+    down: str = "the filter hurts",
+    none: str = "no detectable change",
+    digits: int = 3,
+    level: float = 0.95,
+) -> str:
+    """"+0.012 (95% CI +0.004 to +0.020): the filter helps" or "…: CI includes 0, no detectable change"."""
+    d = ci_direction(ci)
+    head = f"{fmt_signed(estimate, digits)} ({format_ci(ci, digits, level=level)})"
+    if d is None:
+        return f"{head}: no CI, cannot judge"
+    if d == 0:
+        return f"{head}: CI includes 0, {none}"
+    return f"{head}: {up if d > 0 else down}"
+
+
+def phrase_change(before, after, ci=None, name: str = "AUC", digits: int = 3) -> str:
+    """"AUC 0.894 → 0.905 (+0.011, 95% CI +0.008 to +0.014)"."""
+    diff = after - before if _ok(before) and _ok(after) else None
+    tail = fmt_signed(diff, digits) + (f", {format_ci(ci, digits)}" if ci is not None else "")
+    return f"{name} {fmt(before, digits)} → {fmt(after, digits)} ({tail})"
+
+
+def phrase_band(value, mean, std, what: str = "the random band", digits: int = 3) -> str:
+    """"0.909 is +2.7 std from the random band (0.851 ± 0.021)"."""
+    if not (_ok(value) and _ok(mean) and _ok(std)):
+        return f"{fmt(value, digits)} (no band to compare with)"
+    if std <= 0:
+        return f"{fmt(value, digits)} vs {what} {fmt(mean, digits)} (zero spread)"
+    z = (value - mean) / std
+    return f"{fmt(value, digits)} is {z:+.1f} std from {what} ({fmt(mean, digits)} ± {fmt(std, digits)})"
+
+
+def phrase_correlation(r, ci, what: str = "high-frequency energy", digits: int = 2) -> str:
+    """"r = +0.72 (95% CI +0.65 to +0.78) with high-frequency energy: positive"."""
+    d = ci_direction(ci)
+    word = {1: "positive", -1: "negative", 0: "CI includes 0, no detectable correlation", None: "no CI"}[d]
+    return f"r = {fmt_signed(r, digits)} ({format_ci(ci, digits)}) with {what}: {word}"
+
+
+def verdict_label(shows) -> str:
+    """A finding's `shows` (True / False / None) as a word for tables and badges."""
+    return {True: "shows", False: "does not show"}.get(shows, "inconclusive")
