@@ -8,6 +8,7 @@ of IDX files) otherwise. Pixels are hashed before the transform (`Pixels.sha256`
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path, PurePosixPath
 
@@ -313,6 +314,16 @@ class IdxSource(_IndexedSource):
         return {} if self.labels is None else {"label": int(self.labels[self._index(key)])}
 
 
+@functools.lru_cache(maxsize=1)
+def _digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images, target = d.images[..., None], d.target
+    images.flags.writeable = target.flags.writeable = False  # shared by every DigitsSource
+    return images, target
+
+
 class DigitsSource(_IndexedSource):
     """scikit-learn's bundled 8x8 digits (1797 images, values 0..16, labels 0..9)."""
 
@@ -321,10 +332,8 @@ class DigitsSource(_IndexedSource):
 
     def __init__(self, transform=None):
         super().__init__(transform)
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        self._init_array(d.images[..., None], d.target, 0.0, 16.0)
+        images, target = _digits()
+        self._init_array(images, target, 0.0, 16.0)
 
     @property
     def spec(self):

@@ -97,7 +97,7 @@ def write_split(split: Split, path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(split.to_json(), f, indent=1)
+            f.write(_dumps(split.to_json()))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -106,6 +106,13 @@ def write_split(split: Split, path) -> Path:
         raise
     split.path = path
     return path
+
+
+def _dumps(data: dict) -> str:
+    """Readable and compact: header fields indented, one item per line."""
+    head = {k: v for k, v in data.items() if k != "items"}
+    items = ",\n  ".join(json.dumps(it) for it in data["items"])
+    return json.dumps(head, indent=1)[:-2] + f',\n "items": [\n  {items}\n ]\n}}\n'
 
 
 def make_split_files(spec: str, n_members: int, n_heldout: int, seed: int, out_dir, **source_kw) -> tuple[Path, Path]:
