@@ -6,6 +6,7 @@ import torch
 from diffaudit.analysis.frequency import (
     band_energy,
     default_radius,
+    energy_correlation,
     distortion_frequency_correlation,
     hf_filtered_statistic,
     highfreq_filter,
@@ -134,3 +135,14 @@ def test_bad_inputs():
         band_energy(np.zeros((4, 4)))
     with pytest.raises(InputError, match="5 values but images has 4"):
         distortion_frequency_correlation(np.zeros(5), np.zeros((4, 8, 8)))
+
+
+def test_energy_correlation_is_the_image_version_on_band_energies():
+    rng = np.random.default_rng(2)
+    imgs, dist = rng.normal(size=(30, 1, 8, 8)), rng.normal(size=30)
+    low, high = band_energy(imgs, radius=2)
+    a = energy_correlation(dist, low, high, n_boot=200, seed=4)
+    b = distortion_frequency_correlation(dist, imgs, n_boot=200, seed=4, radius=2)
+    assert b == {"radius": 2, **a}
+    with pytest.raises(InputError, match="30 values but the energies have 29"):
+        energy_correlation(dist, low[:-1], high)

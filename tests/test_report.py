@@ -55,10 +55,11 @@ def _synthetic_audit(n=48, seed=0, n_boot=200):
     grid = [0, 50, 100]
     # Members' vectors are smaller in the influential dims: the filter should help.
     strength = 0.25 * (infl > 0) * np.array([0.5, 1.0, 0.6])[:, None, None]  # [T, 1, d] after transpose
-    vec = rng.normal(size=(N, len(grid), d)) * (1 - member[:, None, None] * strength.transpose(1, 0, 2))
+    vecs = {a: rng.normal(size=(N, len(grid), d)) * (1 - f * member[:, None, None] * strength.transpose(1, 0, 2))
+            for a, f in (("sima", 1.0), ("pia", 0.7))}
 
-    def stat(keep):  # keep: [N, d] bool → statistics [N, T] (lower = member)
-        return np.sqrt((vec**2 * keep[:, None, :]).sum(-1))
+    def stat(keep, a="sima"):  # keep: [N, d] bool → statistics [N, T] (lower = member)
+        return np.sqrt((vecs[a] ** 2 * keep[:, None, :]).sum(-1))
 
     order = np.argsort(infl, axis=1)
     def drop_lowest(k):
@@ -77,7 +78,7 @@ def _synthetic_audit(n=48, seed=0, n_boot=200):
                 nd = dropped[i, sl].sum()
                 keep[i, sl] = rng.permutation(h * w) >= nd
         masks["channel"].append(keep)
-    stats = {a: {m: [stat(k) for k in ks] for m, ks in masks.items()} for a in ("sima", "pia")}
+    stats = {a: {m: [stat(k, a) for k in ks] for m, ks in masks.items()} for a in ("sima", "pia")}
 
     rows = []
     for a in stats:
@@ -155,9 +156,10 @@ def _synthetic_audit(n=48, seed=0, n_boot=200):
         ksweep[a] = {"t": best_t[a], "k": ks, "influence": [], "reverse": [], "random_mean": [], "random_std": [],
                      "channel_mean": [], "channel_std": []}
         for k in ks:
-            ksweep[a]["influence"].append(_auc(-stat(drop_lowest(k))[:, ti], member))
-            ksweep[a]["reverse"].append(_auc(-stat(~drop_lowest(100 - k) if k else np.ones((N, d), bool))[:, ti], member))
-            rs = [_auc(-stat(np.stack([rng.permutation(d) >= d * k // 100 for _ in range(N)]))[:, ti], member)
+            ksweep[a]["influence"].append(_auc(-stat(drop_lowest(k), a)[:, ti], member))
+            ksweep[a]["reverse"].append(_auc(-stat(~drop_lowest(100 - k) if k else np.ones((N, d), bool), a)[:, ti],
+                                             member))
+            rs = [_auc(-stat(np.stack([rng.permutation(d) >= d * k // 100 for _ in range(N)]), a)[:, ti], member)
                   for _ in range(3)]
             ksweep[a]["random_mean"].append(float(np.mean(rs)))
             ksweep[a]["random_std"].append(float(np.std(rs, ddof=1)))

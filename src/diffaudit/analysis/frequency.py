@@ -25,6 +25,7 @@ __all__ = [
     "default_radius",
     "frequency_radius_grid",
     "band_energy",
+    "energy_correlation",
     "distortion_frequency_correlation",
     "highfreq_filter",
     "hf_filtered_statistic",
@@ -115,6 +116,39 @@ def _pearson_with_ci(x, y, n_boot: int, rng: np.random.Generator, level: float):
     return r, [float(lo), float(hi)]
 
 
+def energy_correlation(distortion, low, high, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Pearson r of distortion with given per-image low / high energies (T3), with bootstrap CIs.
+
+    Point estimates from scipy.stats.pearsonr; CIs are percentile bootstrap (`n_boot` paired
+    resamples of the images from one seeded generator, the same resamples for LF and HF).
+    Returns {"r_lf", "r_lf_ci", "r_hf", "r_hf_ci", "n", "n_boot", "level"}, plus "note" when a
+    correlation is undefined (constant input).
+    """
+    arrays = []
+    for name, v in (("distortion", distortion), ("low", low), ("high", high)):
+        a = np.asarray(v, dtype=np.float64)
+        if a.ndim != 1:
+            raise InputError(f"{name} must be 1-D (one value per image), got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise InputError(f"{name} contains NaN/Inf")
+        arrays.append(a)
+    d, lo, hi = arrays
+    if not (d.size == lo.size == hi.size):
+        raise InputError(f"distortion has {d.size} values but the energies have {lo.size} and {hi.size}")
+    if d.size < 3:
+        raise InputError(f"a correlation needs at least 3 images, got {d.size}")
+    if not 0 < level < 1:
+        raise InputError(f"level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    r_lf, ci_lf = _pearson_with_ci(d, lo, int(n_boot), rng, level)
+    r_hf, ci_hf = _pearson_with_ci(d, hi, int(n_boot), rng, level)
+    out = {"r_lf": r_lf, "r_lf_ci": ci_lf, "r_hf": r_hf, "r_hf_ci": ci_hf,
+           "n": int(d.size), "n_boot": int(n_boot), "level": float(level)}
+    if not (np.isfinite(r_lf) and np.isfinite(r_hf)):
+        out["note"] = "a correlation is undefined because distortion or an energy band is constant"
+    return out
+
+
 def distortion_frequency_correlation(
     distortion,
     images,
@@ -124,37 +158,17 @@ def distortion_frequency_correlation(
     layout: str = "NCHW",
     level: float = 0.95,
 ) -> dict:
-    """Pearson r of per-image distortion with low- and high-frequency energy (T3), with CIs.
+    """`energy_correlation` with the energies measured on `images` by `band_energy` (§4.4, T3).
 
-    Point estimates from scipy.stats.pearsonr; CIs are percentile bootstrap (`n_boot` paired
-    resamples of the images, one seeded generator, the same resamples for LF and HF).
-    Returns {"radius", "r_lf", "r_lf_ci", "r_hf", "r_hf_ci", "n", "n_boot", "level"}, plus
-    "note" when a correlation is undefined (constant input).
+    Returns {"radius", "r_lf", "r_lf_ci", "r_hf", "r_hf_ci", "n", "n_boot", "level"} (+ "note").
     """
     d = np.asarray(distortion, dtype=np.float64)
-    if d.ndim != 1:
-        raise InputError(f"distortion must be 1-D (one value per image), got shape {d.shape}")
-    if not np.isfinite(d).all():
-        raise InputError("distortion contains NaN/Inf")
     low, high = band_energy(images, radius=radius, layout=layout)
-    if low.size != d.size:
+    if d.ndim == 1 and low.size != d.size:
         raise InputError(f"distortion has {d.size} values but images has {low.size} images")
-    if d.size < 3:
-        raise InputError(f"a correlation needs at least 3 images, got {d.size}")
-    if not 0 < level < 1:
-        raise InputError(f"level must be in (0, 1), got {level}")
     x = _images_nchw(images, layout)
     rad = default_radius(*x.shape[-2:]) if radius is None else int(radius)
-    rng = np.random.default_rng(seed)
-    r_lf, ci_lf = _pearson_with_ci(d, low, int(n_boot), rng, level)
-    r_hf, ci_hf = _pearson_with_ci(d, high, int(n_boot), rng, level)
-    out = {
-        "radius": rad, "r_lf": r_lf, "r_lf_ci": ci_lf, "r_hf": r_hf, "r_hf_ci": ci_hf,
-        "n": int(d.size), "n_boot": int(n_boot), "level": float(level),
-    }
-    if not (np.isfinite(r_lf) and np.isfinite(r_hf)):
-        out["note"] = "a correlation is undefined because distortion or an energy band is constant"
-    return out
+    return {"radius": rad, **energy_correlation(d, low, high, n_boot=n_boot, seed=seed, level=level)}
 
 
 def highfreq_filter(x: torch.Tensor, radius: int | None = None, scale: float = 0.0) -> torch.Tensor:

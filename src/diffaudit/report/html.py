@@ -78,7 +78,7 @@ text-align:left;vertical-align:top} th{background:#f2f2f2} td.num{font-variant-n
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:.85em;font-weight:600;white-space:nowrap}
 .shows{background:#d8f0d8;color:#165c16}.does-not-show{background:#f8d7d7;color:#8a1c1c}
 .inconclusive{background:#eee;color:#555}
-figure{margin:18px 0;padding:8px;border:1px solid #e4e4e4;border-radius:6px} figure img{max-width:100%}
+.wrap{overflow-x:auto} figure{margin:18px 0;padding:8px;border:1px solid #e4e4e4;border-radius:6px} figure img{max-width:100%}
 figcaption{font-size:.92em;color:#333;margin-top:6px} .warn{background:#fff4e0;border-left:4px solid #f0a020;
 padding:6px 12px} dt{font-weight:600;margin-top:6px} dd{margin-left:18px} .muted{color:#666;font-size:.9em}
 pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:.82em}
@@ -118,12 +118,30 @@ def _lead(results: Mapping) -> str:
     if best is None:
         return ""
     a, auc = best
-    cal_auc = ((cal.get(a) or {}).get("unfiltered") or {}).get("auc")
+    cal_un = (cal.get(a) or {}).get("unfiltered") or {}
+    cal_auc, cal_ci = cal_un.get("auc"), cal_un.get("auc_ci")
     tail = f" ({fmt(cal_auc)} when t is chosen on a separate calibration fold)" if cal_auc is not None else ""
-    strength = "strongly" if auc >= 0.8 else ("clearly" if auc >= 0.65 else ("slightly" if auc >= 0.55 else "barely"))
+    ci = cal_ci or (paper[a].get("unfiltered") or {}).get("auc_ci")
+    if ci and ci[0] is not None and ci[0] > 0.5:
+        strength = "strongly" if auc >= 0.8 else ("clearly" if auc >= 0.65 else "measurably")
+        verdict = f"The model {strength} reveals which images it was trained on (the AUC's 95% CI lies above 0.5)."
+    elif ci:
+        verdict = "This run cannot tell the attack from guessing: the AUC's 95% CI includes 0.5."
+    else:
+        verdict = ""
     return (f"<p class='lead'>The strongest attack, <b>{e(attack_name(a))}</b>, tells training images from held-out "
-            f"images apart with AUC <b>{e(fmt(auc))}</b>{e(tail)}; 0.5 would be guessing. The model {e(strength)} "
-            "reveals which images it was trained on.</p>")
+            f"images apart with AUC <b>{e(fmt(auc))}</b>{e(tail)}; 0.5 would be guessing. {e(verdict)}</p>")
+
+
+_OTHER = {"asr": "ASR", "tpr1": "TPR@1%FPR", "tpr01": "TPR@0.1%FPR"}  # stacked in one cell to fit the page
+
+
+def _cell(col: str, text: str) -> str:
+    """Headline cell; an estimate with its CI goes on two lines so the table fits the page."""
+    if col in ("diff", "vs_random") and " (" in text:
+        est, ci = text.split(" (", 1)
+        return f"<b>{e(est)}</b><br><span class='muted'>{e(ci.rstrip(')'))}</span>"
+    return e(text)
 
 
 def _headline(results: Mapping) -> str:
@@ -133,11 +151,13 @@ def _headline(results: Mapping) -> str:
         rows = headline_rows(results, pname)
         if not rows:
             continue
-        head = "".join(f"<th>{e(label)}</th>" for _, label in HEADLINE_COLUMNS)
-        body = "".join("<tr>" + "".join(f"<td class='num'>{e(r[c])}</td>" for c, _ in HEADLINE_COLUMNS) + "</tr>"
-                       for r in rows)
+        main = [(c, label) for c, label in HEADLINE_COLUMNS if c not in _OTHER]
+        head = "".join(f"<th>{e(label)}</th>" for _, label in main) + "<th>other metrics (unfiltered → filtered)</th>"
+        body = "".join("<tr>" + "".join(f"<td class='num'>{_cell(c, r[c])}</td>" for c, _ in main)
+                       + "<td class='num'>" + "<br>".join(f"{e(lab)} {e(r[c])}" for c, lab in _OTHER.items())
+                       + "</td></tr>" for r in rows)
         out.append(f"<h3>Protocol “{e(pname)}”</h3><p class='muted'>{e(proto.get('description', ''))}</p>"
-                   f"<table><tr>{head}</tr>{body}</table>")
+                   f"<div class='wrap'><table><tr>{head}</tr>{body}</table></div>")
     if not out:
         return ""
     note = (f"Filtered = the attack's vector with the {k}% least influential latent dims dropped. " if k is not None
@@ -165,8 +185,8 @@ def _at_risk(results: Mapping, samples, images) -> str:
     risk = results.get("at_risk") or {}
     parts = []
     for key, title, text in (
-        ("members", "Training images most at risk", "Members with the highest membership score: an attacker "
-         "would flag these first."),
+        ("members", "Training images most at risk", "Members with the highest membership score (score = − the "
+         "attack statistic: higher means more member-like): an attacker would flag these first."),
         ("heldout_false_positives", "Held-out images most often taken for members",
          "Held-out images with the highest membership score: false alarms, often near-duplicates or very simple images."),
     ):
@@ -180,9 +200,12 @@ def _at_risk(results: Mapping, samples, images) -> str:
             if images is not None and i is not None:
                 uri = _thumb_uri(images[i])
                 img = f"<img src='{e(uri)}' alt='{e(x.get('key'))}' width='48'>" if uri else ""
+            label = x.get("caption", x.get("label"))
+            if label is None and i is not None:  # fall back on the sample's own caption / label
+                label = next((samples[c][i] for c in ("caption", "label") if c in samples), "")
             rows.append(f"<tr><td class='num'>{rank}</td><td>{img}</td><td>{e(x.get('key', x.get('id')))}</td>"
                         f"<td class='num'>{e(fmt(x.get('score')))}</td><td class='num'>{e(fmt(x.get('distortion'), 2))}</td>"
-                        f"<td>{e(x.get('caption', x.get('label', '')))}</td></tr>")
+                        f"<td>{e(label)}</td></tr>")
         parts.append(f"<h3>{e(title)}</h3><p class='muted'>{e(text)}</p><table><tr><th>#</th><th>image</th><th>key</th>"
                      "<th>score</th><th>distortion</th><th>caption / label</th></tr>" + "".join(rows) + "</table>")
     return ("<h2>Individual images</h2>" + "".join(parts)) if parts else ""

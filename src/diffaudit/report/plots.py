@@ -23,7 +23,7 @@ COLORS = {"none": "#1f77b4", "influence": "#d62728", "reverse": "#9467bd", "rand
 QUARTILE_COLORS = ["#c6dbef", "#6baed6", "#2171b5", "#08306b"]
 
 
-def new_figure(n_panels: int, width: float = 4.4, height: float = 3.6, max_cols: int = 4):
+def new_figure(n_panels: int, width: float = 4.4, height: float = 3.6, max_cols: int = 2):
     """A figure with a grid of axes, one per panel (flattened list, extra axes hidden)."""
     cols = max(1, min(n_panels, max_cols))
     rows = math.ceil(n_panels / cols)
@@ -35,9 +35,21 @@ def new_figure(n_panels: int, width: float = 4.4, height: float = 3.6, max_cols:
     return fig, axes[:n_panels]
 
 
-def save_figure(fig: Figure, path: Path) -> bool:
+def save_figure(fig: Figure, path: Path, shared_legend: bool = False) -> bool:
+    """Save as PNG; with shared_legend, one legend for all panels below them (never over a curve)."""
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    extra = {}
+    if shared_legend:
+        seen = {}
+        for ax in fig.axes:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(lab, h)
+        if seen:
+            ncol = min(len(seen), 3)
+            fig.legend(list(seen.values()), list(seen), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                       ncol=ncol, fontsize=9, frameon=False)
+            extra = {"bbox_inches": "tight", "pad_inches": 0.15}
+    fig.savefig(path, format="png", **extra)
     return True
 
 
@@ -63,7 +75,7 @@ def plot_roc(results: Mapping, path: Path) -> bool:
             if not c:
                 continue
             fpr, tpr = np.asarray(c["fpr"], float), np.asarray(c["tpr"], float)
-            pos = fpr[fpr > 0]
+            pos = np.r_[fpr[fpr > 0], tpr[tpr > 0]]  # both axes share the lower limit
             lo = min(lo, pos.min() if pos.size else 1.0)
             t = r.get("t") if name == "unfiltered" else r.get("t_filtered", r.get("t"))
             auc = (summ.get(name) or {}).get("auc")
@@ -105,10 +117,10 @@ def plot_auc_vs_t(results: Mapping, path: Path) -> bool:
     if not attacks:
         return False
     k = default_k(results)
-    fig, axes = new_figure(len(attacks))
+    fig, axes = new_figure(len(attacks), height=3.6)
     for ax, attack in zip(axes, attacks):
         for mask, (t, mean, std) in _curves_by_mask(rows, attack, k).items():
-            label = MASK_LABELS[mask] + (f" k={k}%" if mask != "none" and k is not None else "")
+            label = MASK_LABELS[mask] + (f" (k={k}%)" if mask in ("influence", "reverse") and k is not None else "")
             if std is not None:
                 _band(ax, t, mean, std, COLORS[mask], label)
             else:
@@ -117,8 +129,7 @@ def plot_auc_vs_t(results: Mapping, path: Path) -> bool:
         ax.set_xlabel("diffusion timestep t")
         ax.set_ylabel("AUC (0.5 = chance)")
         ax.set_title(f"{attack_name(attack)}: AUC vs t")
-        ax.legend(fontsize=7)
-    return save_figure(fig, path)
+    return save_figure(fig, path, shared_legend=True)
 
 
 def plot_auc_vs_k(results: Mapping, path: Path) -> bool:
@@ -143,8 +154,7 @@ def plot_auc_vs_k(results: Mapping, path: Path) -> bool:
         ax.set_xlabel("k: % of latent dims dropped")
         ax.set_ylabel("AUC")
         ax.set_title(f"{attack_name(attack)}: AUC vs k (t={s.get('t')})")
-        ax.legend(fontsize=7)
-    return save_figure(fig, path)
+    return save_figure(fig, path, shared_legend=True)
 
 
 def plot_strata(results: Mapping, path: Path) -> bool:
@@ -167,5 +177,4 @@ def plot_strata(results: Mapping, path: Path) -> bool:
         ax.set_xlabel("diffusion timestep t")
         ax.set_ylabel("AUC within the stratum")
         ax.set_title(f"{attack_name(attack)}: AUC by distortion quartile")
-        ax.legend(fontsize=7)
-    return save_figure(fig, path)
+    return save_figure(fig, path, shared_legend=True)

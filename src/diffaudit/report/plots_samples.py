@@ -72,7 +72,9 @@ def plot_latent_usage(results: Mapping, path: Path) -> bool:
     gs = fig.add_gridspec(1, 1 + n_maps, width_ratios=[2.0] + [1.0] * n_maps)
     ax = fig.add_subplot(gs[0, 0])
     ch = np.arange(len(means))
-    ax.bar(ch, means, yerr=stds, color="#4c72b0", capsize=3)
+    # Points, not bars: influence is a log scale with no natural zero.
+    ax.errorbar(ch, means, yerr=stds, fmt="o", color="#4c72b0", capsize=4, ms=7, lw=1.5)
+    ax.set_xlim(-0.6, len(means) - 0.4)
     share = u.get("channel_active_share")
     if share:
         for i, s in enumerate(share):

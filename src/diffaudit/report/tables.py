@@ -29,7 +29,7 @@ METRIC_LABELS = {"auc": "AUC", "asr": "ASR", "tpr_at_1pct_fpr": "TPR@1%FPR", "tp
 _PROTOCOL_MASKS = {"unfiltered": "none", "filtered": "influence", "reverse": "reverse",
                    "random": "random", "channel_matched": "channel"}
 MASK_LABELS = {"none": "unfiltered", "influence": "influence filter", "reverse": "reverse (keep least influential)",
-               "random": "random drop", "channel": "channel-matched random drop"}
+               "random": "random drop", "channel": "channel-matched random"}
 METRICS_COLUMNS = (
     ["protocol", "attack", "mask", "k", "t", "draws"]
     + [c for m in METRICS for c in (m, f"{m}_ci_lo", f"{m}_ci_hi", f"{m}_std")]
