@@ -214,7 +214,7 @@ def _at_risk(results: Mapping, samples, images) -> str:
 def _extras(results: Mapping) -> str:
     out = []
     u = results.get("latent_usage") or {}
-    if u.get("note"):
+    if u.get("note") and not u.get("channel_mean_influence"):  # else the plot's caption carries it
         out.append(f"<p><b>Latent usage.</b> {e(u['note'])}</p>")
     hf = results.get("hf_filter") or {}
     if hf:

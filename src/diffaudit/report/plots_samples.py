@@ -67,39 +67,40 @@ def plot_latent_usage(results: Mapping, path: Path) -> bool:
     stds = u.get("channel_std_influence") or [0.0] * len(means)
     maps = np.asarray(u.get("dim_mean_influence") or [], dtype=float)
     n_maps = min(len(maps), MAX_CHANNEL_MAPS) if maps.ndim == 3 else 0
-    fig = Figure(figsize=(4.6 + 2.4 * n_maps, 3.6), dpi=110)
+    map_cols = min(n_maps, 2 if n_maps <= 4 else 4)
+    map_rows = -(-n_maps // map_cols) if n_maps else 0
+    fig = Figure(figsize=(5.0 + 2.3 * map_cols, max(3.8, 2.4 * map_rows + 0.6)), dpi=110)
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(1, 1 + n_maps, width_ratios=[2.0] + [1.0] * n_maps)
-    ax = fig.add_subplot(gs[0, 0])
+    outer = fig.add_gridspec(1, 2 if n_maps else 1, width_ratios=[5.0, 2.3 * map_cols] if n_maps else None)
+    ax = fig.add_subplot(outer[0, 0])
     ch = np.arange(len(means))
     # Points, not bars: influence is a log scale with no natural zero.
     ax.errorbar(ch, means, yerr=stds, fmt="o", color="#4c72b0", capsize=4, ms=7, lw=1.5)
     ax.set_xlim(-0.6, len(means) - 0.4)
     share = u.get("channel_active_share")
-    if share:
-        for i, s in enumerate(share):
-            ax.annotate(f"{s:.0%} active", (i, means[i]), textcoords="offset points", xytext=(0, 4),
-                        ha="center", fontsize=7)
     ax.set_xticks(ch)
+    ax.set_xticklabels([f"{i}\n{share[i]:.0%} active" if share else str(i) for i in ch], fontsize=8)
     ax.set_xlabel("latent channel")
     ax.set_ylabel("mean influence ½·log diag(JᵀJ) [nats]")
     title = "Influence per latent channel"
     if u.get("active_share") is not None:
-        title += f"\n{u['active_share']:.0%} of dims active (within {u.get('active_nats', 3):g} nats of max)"
-    ax.set_title(title, fontsize=9)
-    if n_maps:
-        vmin, vmax = np.nanmin(maps[:n_maps]), np.nanmax(maps[:n_maps])
-        im = None
-        for c in range(n_maps):
-            axm = fig.add_subplot(gs[0, 1 + c])
-            im = axm.imshow(maps[c], vmin=vmin, vmax=vmax, cmap="viridis", interpolation="nearest")
-            axm.set_title(f"channel {c}: per-dim", fontsize=8)
-            axm.set_xticks([])
-            axm.set_yticks([])
-        fig.colorbar(im, ax=fig.axes[1:], shrink=0.8, label="mean influence [nats]")
-        fig.savefig(path, format="png")  # tight_layout fights the shared colorbar
-        return True
-    return save_figure(fig, path)
+        title += f"\n{u['active_share']:.0%} of dims active (within {u.get('active_nats', 3):g} nats of the max)"
+    ax.set_title(title, fontsize=10)
+    if not n_maps:
+        return save_figure(fig, path)
+    inner = outer[0, 1].subgridspec(map_rows, map_cols)
+    vmin, vmax = np.nanmin(maps[:n_maps]), np.nanmax(maps[:n_maps])
+    map_axes, im = [], None
+    for c in range(n_maps):
+        axm = fig.add_subplot(inner[c // map_cols, c % map_cols])
+        im = axm.imshow(maps[c], vmin=vmin, vmax=vmax, cmap="viridis", interpolation="nearest")
+        axm.set_title(f"channel {c}", fontsize=9)
+        axm.set_xticks([])
+        axm.set_yticks([])
+        map_axes.append(axm)
+    fig.colorbar(im, ax=map_axes, shrink=0.85, label="mean influence per position [nats]")
+    fig.savefig(path, format="png", bbox_inches="tight", pad_inches=0.15)  # tight_layout fights the colorbar
+    return True
 
 
 def plot_distortion(samples: Mapping | None, images, path: Path, n_thumbs: int = 5) -> bool:
@@ -173,7 +174,13 @@ def plot_frequency(results: Mapping, samples: Mapping | None, images, path: Path
         r, ci = freq.get(f"r_{band}"), freq.get(f"r_{band}_ci")
         ax.set_title(f"{word}-frequency energy: r = {fmt_signed(r, 2)}\n({format_ci(ci, 2)})", fontsize=9)
         side = "inside" if band == "lf" else "outside"
-        ax.set_xlabel(f"Σ|FFT| {side} radius {freq.get('radius')} (amplitude)")
+        radius = freq.get("radius")
+        if radius is None and images is not None:
+            from ..analysis.frequency import default_radius
+
+            radius = default_radius(*np.asarray(images).shape[1:3])
+        where = f"radius {radius}" if radius is not None else "the low-frequency radius"
+        ax.set_xlabel(f"Σ|FFT| {side} {where} (amplitude)")
         ax.set_ylabel("local distortion")
         ax.legend(fontsize=7)
     return save_figure(fig, path)
