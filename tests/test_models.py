@@ -235,6 +235,43 @@ def test_pickled_weights_never_run_code(tmp_path, folders):
     # a crafted pickle is refused, reported with its folder, and its payload never runs
     marker = tmp_path / "pwned"
     torch.save({"conv_in.weight": _Evil(str(marker))}, d / "unet" / "diffusion_pytorch_model.bin")
-    with pytest.raises(ModelError, match=r"pickled/unet: cannot load UNet weights"):
+    with pytest.raises(ModelError, match=r"pickled/unet: cannot load UNet weights \(pickled weights refused"):
+        LatentDiffusion.from_pretrained(d)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["latent", "vq"])
+def test_geometry_through_the_adapter_matches_the_full_jacobian(folders, kind):
+    """Forward-mode JVP works through the adapter's decoder (attention made jvp-safe) and the
+    randomized top singular values equal those of the full Jacobian (VQ: after quantization)."""
+    geometry = pytest.importorskip("diffaudit.geometry")
+    m = LatentDiffusion.from_pretrained(folders[kind])
+    z = m.geometry_point(m.encode(_images(m)))
+    sv = geometry.singular_values(m.geometry_decode, z, rank=4, generator=torch.Generator().manual_seed(0))
+    for i in range(2):
+        J = torch.autograd.functional.jacobian(lambda u: m.geometry_decode(u[None])[0], z[i], vectorize=True).reshape(-1, z[i].numel())
+        torch.testing.assert_close(sv[i], torch.linalg.svdvals(J)[:4], rtol=2e-3, atol=1e-5)
+
+
+def test_condition_unet_with_class_embedding_only():
+    from diffaudit.models.tiny import tiny_unet2d_condition
+
+    unet = tiny_unet2d_condition(num_class_embeds=5)
+    m = LatentDiffusion(unet=unet, scheduler=tiny_scheduler(), null_label=4)
+    assert m.conditioning == "class" and m.encode(torch.zeros(1, 4, 8, 8)).shape == (1, 4, 8, 8)
+    z, t = torch.randn(2, 4, 8, 8), torch.tensor([7, 9])
+    with torch.no_grad():
+        ref = unet(z, t, encoder_hidden_states=torch.zeros(2, 1, 32), class_labels=torch.tensor([0, 3])).sample
+    torch.testing.assert_close(m.eps(z, t, m.encode_cond([0, 3])), ref)
+    torch.testing.assert_close(m.uncond(2), torch.tensor([4, 4]))
+
+
+def test_pickled_text_encoder_is_refused(tmp_path):
+    pytest.importorskip("transformers")
+    d = save_tiny_model_folder(tmp_path / "sd", "text")
+    (d / "text_encoder" / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({"text_model.embeddings.token_embedding.weight": _Evil(str(marker))}, d / "text_encoder" / "pytorch_model.bin")
+    with pytest.raises(ModelError, match=r"sd/text_encoder: cannot load text encoder \(pickled weights refused"):
         LatentDiffusion.from_pretrained(d)
     assert not marker.exists()

@@ -7,6 +7,8 @@ which refuses pickles that carry code; every failure becomes one ModelError nami
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from pathlib import Path
 
 from ..errors import DiffauditError, ModelError
@@ -29,7 +31,14 @@ def read_json(path: Path, what: str) -> dict:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    """A short reason; a refused pickle is named as such (its own message invites unsafe loading)."""
+    chain, cur = [], e
+    while cur is not None and len(chain) < 8:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    if any(isinstance(c, pickle.UnpicklingError) or "Weights only load failed" in str(c) for c in chain):
+        return "pickled weights refused: torch.load(weights_only=True) found non-tensor objects; use safetensors"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
