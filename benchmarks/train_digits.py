@@ -135,6 +135,7 @@ def main():
             "unet_steps": steps,
             "train_wall_s_cumulative": train_wall,
             "times_s": meta["times_s"],
+            "cpu_s": meta.get("cpu_s"),
             "steps_per_s": meta["steps_per_s"],
             "final_losses": meta["final_losses"],
             "scaling_factor": s,

@@ -197,3 +197,19 @@ def test_paper_presets_have_app_h_settings():
     vae = build_vae(c, in_channels=3)
     with torch.no_grad():
         assert vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.mean.shape == (1, 4, 8, 8)
+
+
+def test_cli_train_from_split(tmp_path, capsys):
+    from diffaudit.cli import main
+    from diffaudit.data import make_split_files
+
+    m, h = make_split_files("digits", 16, 16, 0, tmp_path / "split")
+    args = ["train", "--members", str(m), "--out", str(tmp_path / "model"), "--vae-steps", "2",
+            "--unet-steps", "2", "--no-progress"]
+    main(args)
+    meta = json.loads((tmp_path / "model" / "diffaudit.json").read_text())
+    assert meta["n_members"] == 16 and meta["split"]["members"]["path"] == str(m)
+    assert "trained digits on 16 members" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # a held-out split is refused with one line
+        main(["train", "--members", str(h), "--out", str(tmp_path / "m2")])
+    assert e.value.code == 2 and "heldout split" in capsys.readouterr().err

@@ -106,6 +106,76 @@ def split(
     echo(f"wrote {m} ({members} members) and {h} ({heldout if heldout is not None else members} held out)")
 
 
+@app.command()
+def train(
+    members: Path = typer.Option(..., "--members", help="Member split file (diffaudit split): the images trained on."),
+    out: Path = typer.Option(..., "--out", help="Model folder to write (vae/, unet/, scheduler/, diffaudit.json)."),
+    preset: str = typer.Option("digits", "--preset", help="digits, fashion-mnist, cifar10-paper, celeba-paper, mnist-paper, digits-vq."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data source spec; must match the split's (default: the split's)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where the split's images live now, if moved."),
+    seed: int = typer.Option(0, "--seed"),
+    vae_steps: Optional[int] = typer.Option(None, "--vae-steps", help="Override the preset's VAE steps."),
+    unet_steps: Optional[int] = typer.Option(None, "--unet-steps", help="Override the preset's UNet steps (may grow on a finished run)."),
+    class_conditional: bool = typer.Option(False, "--class-conditional", help="Condition the UNet on the images' labels."),
+    device: str = typer.Option("cpu", "--device"),
+    no_progress: bool = typer.Option(False, "--no-progress"),
+):
+    """Train the paper's β-VAE + latent DDPM on a member split; resumable (rerun the same command)."""
+    from .errors import InputError
+    from .train import get_preset, load_split_images, train_ldm
+
+    p = get_preset(preset)
+    images, labels, split_info, spec = load_split_images(members, p.resolution, data_root, class_conditional)
+    if data is not None and data != spec:
+        raise InputError(f"--data {data} differs from the source of {members} ({spec})")
+    meta = train_ldm(images, p, out, labels=labels, seed=seed, progress=not no_progress, vae_steps=vae_steps,
+                     unet_steps=unet_steps, class_conditional=class_conditional, device=device,
+                     split_info=split_info)
+    losses = meta["final_losses"]
+    echo(f"trained {p.name} on {meta['n_members']} members: VAE loss {losses['vae']['loss']:.4f}, "
+         f"UNet loss {losses['unet']['loss']:.4f} ({meta['times_s']['vae'] + meta['times_s']['unet']:.0f} s)")
+    echo(f"model: {out}")
+
+
+@app.command()
+def dynamics(
+    model: Path = typer.Option(..., "--model", help="Model folder (text-conditioned, e.g. a Stable Diffusion pipeline)."),
+    prompts: Path = typer.Option(..., "--prompts", help="JSON lines {prompt, image?, memorized?, id?} or caption[TAB image[TAB 0/1]] lines."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of the paired training images named in the prompts file."),
+    seeds: int = typer.Option(10, "--seeds", help="Generations per prompt."),
+    guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale w."),
+    steps: int = typer.Option(50, "--steps", help="DDIM steps."),
+    delays: str = typer.Option("5,10", "--delays", help="Mitigation: guidance delayed for these first m steps (comma list; empty: none)."),
+    similarity: str = typer.Option("latent", "--similarity", help="Severity fallback: latent or pixel cosine similarity."),
+    embedder: Optional[Path] = typer.Option(None, "--embedder", help="Local SSCD-style TorchScript embedding model for severity."),
+    prompt_batch: int = typer.Option(1, "--prompt-batch", help="Prompts sampled together in one UNet batch."),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str = typer.Option("float32", "--dtype", help="UNet dtype: float32, float16 (GPU) or bfloat16."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(Path("dynamics-report"), "--out", help="Report folder (rerun to resume)."),
+):
+    """Memorization dynamics of a text-to-image model (Kim et al. 2025; SPEC §8)."""
+    from .analysis.dynamics import DynamicsConfig, run_dynamics, torchscript_embedder
+    from .errors import InputError
+    from .models import LatentDiffusion
+
+    try:
+        ms = tuple(int(m) for m in delays.split(",") if m.strip())
+    except ValueError:
+        raise InputError(f"--delays must be a comma list of integers, got {delays!r}") from None
+    cfg = DynamicsConfig(seeds=seeds, guidance=guidance, steps=steps, seed=seed, delays=ms, similarity=similarity)
+    ld = LatentDiffusion.from_pretrained(model, device=device, dtype=dtype)
+    emb = torchscript_embedder(embedder, device=device) if embedder is not None else None
+    s = run_dynamics(ld, prompts, out, images, cfg, emb, prompt_batch=prompt_batch)
+    echo(f"{s['n_prompts']} prompts analysed; report in {out}")
+    for name, m in s["detectors"].items():
+        if m["auc"] is not None:
+            echo(f"  {name:12s} AUC {m['auc']:.3f}  TPR@1%FPR {m['tpr_at_1pct_fpr']:.3f}")
+    c = s["severity_correlation"].get("D0_guided")
+    if c and c["pearson"] is not None:
+        echo(f"  D0 vs severity: Pearson r {c['pearson']:.3f}, Spearman {c['spearman']:.3f} (n={c['n']})")
+
+
 # -- commands end --
 
 

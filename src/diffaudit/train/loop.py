@@ -27,7 +27,8 @@ class LoopResult:
     steps: int
     final: dict[str, float]
     curve: list = field(default_factory=list)  # [step, {name: window mean}] at each checkpoint
-    seconds: float = 0.0  # optimisation time summed over all sessions of this run
+    seconds: float = 0.0  # optimisation wall time summed over all sessions of this run
+    cpu_seconds: float = 0.0  # process CPU time of the same (≈ wall time on an idle core)
     resumed_from: int = 0
 
 
@@ -78,16 +79,17 @@ def optimize(
     window: list[dict[str, float]] = list(info.get("window", []))
     curve = list(info.get("curve", []))
     seconds = float(info.get("seconds", 0.0))
+    cpu_seconds = float(info.get("cpu_seconds", 0.0))
     device = next(model.parameters()).device
     fork_devices = [device] if device.type == "cuda" else []
     model.train()
     bar = tqdm(total=total_steps, initial=start, desc=stage, disable=not progress, leave=False)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
 
     def snapshot(step):
         means = {k: sum(w[k] for w in window) / len(window) for k in window[0]} if window else {}
         return {"window": window, "curve": curve, "seconds": seconds + time.perf_counter() - t0,
-                "final": means}
+                "cpu_seconds": cpu_seconds + time.process_time() - c0, "final": means}
 
     try:
         for step in range(start, total_steps):
@@ -115,4 +117,4 @@ def optimize(
     if not final["final"] and info:
         final["final"] = info.get("final", {})
     return LoopResult(steps=total_steps, final=final["final"], curve=curve,
-                      seconds=final["seconds"], resumed_from=start)
+                      seconds=final["seconds"], cpu_seconds=final["cpu_seconds"], resumed_from=start)

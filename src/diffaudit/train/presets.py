@@ -140,7 +140,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="fashion-mnist",
-            description="demo on real images: Fashion-MNIST padded to 32x32, β-VAE 4x8x8 + small UNet",
+            description="demo on real images: Fashion-MNIST resized to 32x32, β-VAE 4x8x8 + small UNet",
             resolution=32,
             n_members=1000,
             n_holdout=1000,
@@ -187,8 +187,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="mnist-paper",
-            description="paper's MNIST setting (30k/30k), also Fashion-MNIST: 28² padded to 32², CIFAR-10 architecture",
-            resolution=32,  # 28² does not halve three times cleanly; pad to 32² (latents 4x8x8)
+            description="paper's MNIST setting (30k/30k), also Fashion-MNIST: 28² resized to 32², CIFAR-10 architecture",
+            resolution=32,  # 28² → 14 → 7 leaves a 7x7 latent the UNet cannot halve cleanly; use 32² (4x8x8)
             n_members=30000,
             n_holdout=30000,
             vae_type="kl",

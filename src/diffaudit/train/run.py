@@ -117,6 +117,7 @@ def _train_vae(images, preset, seed, ckpt, device, progress, callback, n_steps):
     vae.register_to_config(scaling_factor=s)
     save_pretrained_atomic(vae, out_vae)
     result = {"steps": res.steps, "final_losses": res.final, "curve": res.curve, "seconds": res.seconds,
+              "cpu_seconds": res.cpu_seconds,
               "scaling_factor": s}
     write_json(ckpt / "vae.json", dict(read_json(ckpt / "vae.json"), finished=True, result=result))
     return vae, result
@@ -156,6 +157,7 @@ def _train_unet(images, labels, vae, preset, seed, ckpt, device, progress, callb
     sched_dir.mkdir(exist_ok=True)
     build_scheduler(preset).save_config(sched_dir)
     return unet, {"steps": res.steps, "final_losses": res.final, "curve": res.curve, "seconds": res.seconds,
+                  "cpu_seconds": res.cpu_seconds,
                   "resumed_from": res.resumed_from, "latent_std": float(lat.std()),
                   "latent_shape": list(lat.shape[1:])}
 
@@ -222,6 +224,8 @@ def train_ldm(
         "loss_curves": {"vae": vae_res["curve"], "unet": unet_res["curve"]},
         "times_s": {"vae": vae_res["seconds"], "unet": unet_res["seconds"],
                     "this_session_total": time.perf_counter() - t_start},
+        # process CPU time: what the run costs on an idle core when other jobs share the machine
+        "cpu_s": {"vae": vae_res.get("cpu_seconds"), "unet": unet_res["cpu_seconds"]},
         "steps_per_s": {"vae": vae_res["steps"] / max(vae_res["seconds"], 1e-9),
                         "unet": unet_res["steps"] / max(unet_res["seconds"], 1e-9)},
         "latent_shape": unet_res["latent_shape"],
