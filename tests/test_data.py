@@ -323,6 +323,12 @@ def test_malformed_split_files(tmp_path):
         ({**good, "items": [good["items"][0]] * 2}, "listed twice"),
         ({k: v for k, v in good.items() if k != "format"}, "not a diffaudit split file"),
     ]
+    for content, msg in [({**good, "source": {"spec": "folder:/tmp", "options": {"max_pixels": "x"}}}, "unknown source option"),
+                         ({**good, "source": {"spec": "digits", "options": {"caption_column": 5}}}, "unknown source option"),
+                         ({**good, "source": {"spec": "nope:/x"}}, "unknown data source")]:
+        p.write_text(json.dumps(content))
+        with pytest.raises(DataError, match=msg):
+            load_split(p)
     for content, msg in bad:
         p.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
         with pytest.raises(DataError, match=msg):
@@ -342,7 +348,7 @@ def test_split_loader_fuzz(tmp_path):
     values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=4),
                           max_leaves=12)
     near = st.fixed_dictionaries({"format": st.just("diffaudit.split/1"), "role": st.sampled_from(["members", "x"]),
-                                  "seed": values, "source": values | st.just({"spec": "digits"}),
+                                  "seed": values, "source": values | st.fixed_dictionaries({"spec": st.sampled_from(["digits", f"folder:{tmp_path}"]), "options": values}),
                                   "items": st.lists(st.fixed_dictionaries({"key": values, "sha256": values}), max_size=3)})
 
     @hypothesis.settings(max_examples=50, deadline=None, database=None)

@@ -207,6 +207,8 @@ def _nhwc(a: np.ndarray, where: str, layout=None) -> np.ndarray:
         return a[..., None]
     if a.ndim != 4:
         raise DataError(f"{where}: image array must be [N,H,W], [N,H,W,C] or [N,C,H,W], got shape {a.shape}")
+    if layout not in (None, "nhwc", "nchw"):
+        raise DataError(f"{where}: layout must be 'nhwc' or 'nchw', got {layout!r}")
     if layout is None:
         layout = "nchw" if a.shape[1] in (1, 3, 4) and a.shape[3] not in (1, 3, 4) else "nhwc"
     if layout == "nchw":
@@ -351,6 +353,7 @@ def open_source(spec: str, root=None, size=None, channels=None, crop: str = "cen
         kind, path = _infer_kind(spec)
     if root is not None:
         path = str(root)
+    _check_options(spec, kind, options)
     if kind == "digits":
         return DigitsSource(Transform(size or 16, channels, crop))
     transform = Transform(size, channels, crop)
@@ -374,6 +377,26 @@ def open_source(spec: str, root=None, size=None, channels=None, crop: str = "cen
     except TypeError as e:  # unknown option names from a split file
         raise DataError(f"{spec}: invalid source options {options} ({e})") from None
     raise DataError(f"unknown data source {spec!r}: use digits, fashion-mnist, folder:PATH, npz:PATH, idx:PATH or hf:PATH")
+
+
+_OPTIONS = {"folder": {"caption_column", "label_column"},
+            "npz": {"images_key", "labels_key", "layout", "value_range"}, "npy": {"images_key", "labels_key", "layout", "value_range"},
+            "hf": {"split", "image_column", "caption_column", "label_column"}}
+
+
+def _check_options(spec: str, kind: str, options: dict) -> None:
+    """Source options (e.g. from a split file): known names, string values (value_range: 2 numbers)."""
+    allowed = _OPTIONS.get(kind, set())
+    for k, v in options.items():
+        if k not in allowed:
+            raise DataError(f"{spec}: unknown source option {str(k)[:40]!r} (allowed: {sorted(allowed)})")
+        if k == "value_range":
+            ok = (isinstance(v, (list, tuple)) and len(v) == 2
+                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v))
+        else:
+            ok = isinstance(v, str) and bool(v)
+        if not ok:
+            raise DataError(f"{spec}: invalid value for source option {k!r}: {str(v)[:40]!r}")
 
 
 def _infer_kind(spec: str) -> tuple[str, str]:
