@@ -363,3 +363,20 @@ def test_sentences():
     assert phrase_change(0.894, 0.905, [0.008, 0.014]) == "AUC 0.894 → 0.905 (+0.011, 95% CI +0.008 to +0.014)"
     assert phrase_band(0.909, 0.851, 0.0215).startswith("0.909 is +2.7 std from the random band")
     assert ci_direction(None) is None and ci_direction([0.0, 0.1]) == 0
+
+
+def test_rewrite_from_folder_round_trips(report, tmp_path):
+    from diffaudit.report import rewrite_report
+    from diffaudit.report.writer import read_samples_csv
+
+    out, _ = report
+    samples = read_samples_csv(out / "samples.csv")
+    assert samples["member"].dtype == bool and samples["id"].dtype.kind == "i"
+    paths = rewrite_report(out, tmp_path / "again")
+    assert (tmp_path / "again" / "metrics.csv").read_text() == (out / "metrics.csv").read_text()
+    assert (tmp_path / "again" / "samples.csv").read_text() == (out / "samples.csv").read_text()
+    assert "strata.png" in paths and "at_risk.png" not in paths  # no thumbnails without images
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{oops")
+    with pytest.raises(InputError, match="results.json: not valid JSON"):
+        rewrite_report(tmp_path / "bad")

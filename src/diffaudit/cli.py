@@ -176,6 +176,21 @@ def dynamics(
         echo(f"  D0 vs severity: Pearson r {c['pearson']:.3f}, Spearman {c['spearman']:.3f} (n={c['n']})")
 
 
+@app.command()
+def report(
+    folder: Path = typer.Argument(..., help="A report folder holding results.json (and samples.csv)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the report here instead of into FOLDER."),
+):
+    """Render the report again (HTML, plots, CSVs) from a folder's results.json and samples.csv."""
+    import json
+
+    from .report import rewrite_report, summary_table
+
+    paths = rewrite_report(folder, out)
+    echo(summary_table(json.loads(paths["results.json"].read_text())))
+    echo(f"report: {paths['report.html']}")
+
+
 # -- commands end --
 
 

@@ -4,6 +4,6 @@
 is the plain-text table the CLI prints. `diffaudit.report.sentences` phrases numbers with CIs.
 """
 from .tables import summary_table
-from .writer import write_report
+from .writer import rewrite_report, write_report
 
-__all__ = ["write_report", "summary_table"]
+__all__ = ["write_report", "rewrite_report", "summary_table"]

@@ -21,7 +21,7 @@ from .tables import (
     samples_columns, strata_rows, write_csv,
 )
 
-__all__ = ["write_report", "json_safe", "FIGURES"]
+__all__ = ["write_report", "rewrite_report", "read_samples_csv", "json_safe", "FIGURES"]
 
 
 def json_safe(x):
@@ -182,3 +182,48 @@ def write_report(out_dir, results: Mapping, samples: Mapping | None, images=None
     (out / "report.html").write_text(html, encoding="utf-8")
     put("report.html", out / "report.html")
     return paths
+
+
+def _column(values: list[str]) -> np.ndarray:
+    """A samples.csv column back to numpy: bool, int, float or str, whichever parses."""
+    if all(v in ("true", "false") for v in values):
+        return np.array([v == "true" for v in values])
+    for kind in (int, float):
+        try:
+            return np.array([kind(v) if v != "" else np.nan for v in values])
+        except ValueError:
+            continue
+    return np.array(values, dtype=object)
+
+
+def read_samples_csv(path) -> dict:
+    """samples.csv (as written by write_report) → {column: numpy array}."""
+    import csv
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    if not rows:
+        raise InputError(f"{path}: empty file, expected a header row")
+    header, body = rows[0], rows[1:]
+    if any(len(r) != len(header) for r in body):
+        raise InputError(f"{path}: rows have differing numbers of columns")
+    return {c: _column([r[j] for r in body]) for j, c in enumerate(header)}
+
+
+def rewrite_report(report_dir, out_dir=None) -> dict[str, Path]:
+    """Render a report again from a folder's results.json and samples.csv (no thumbnails)."""
+    src = Path(report_dir)
+    rpath = src / "results.json"
+    try:
+        results = json.loads(rpath.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InputError(f"{rpath}: cannot read ({err.strerror})") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{rpath}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    spath = src / "samples.csv"
+    samples = read_samples_csv(spath) if spath.exists() else None
+    return write_report(src if out_dir is None else out_dir, results, samples, images=None)
