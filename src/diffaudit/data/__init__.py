@@ -1,6 +1,7 @@
 """Image sources and member/held-out split files (docs/contracts.md §Data, issue 3 §2)."""
 from .images import Pixels, Transform, read_image
-from .sources import ArraySource, DigitsSource, FolderSource, IdxSource, Source, open_source
+from .arrays import ArraySource
+from .sources import DigitsSource, FolderSource, IdxSource, Source, open_source
 from .splits import (Batch, Split, check_disjoint, iter_batches, load_split, load_split_pair, make_split,
                      make_split_files, read_split, write_split)
 
