@@ -130,7 +130,7 @@ def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model
     from ..analysis.strata import distortion_strata_over_t
     from .assemble import build_summaries, latent_usage
     from .findings import filter_findings, frequency_finding, hf_filter_results, hf_findings, strata_finding
-    from .frequency_stats import frequency_correlation
+    from ..analysis.frequency import default_radius, energy_correlation
 
     member = arrays["member"].astype(bool)
     warnings = []
@@ -149,7 +149,10 @@ def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model
         S = -arrays[f"stats__{a}"][:, :, 0].T  # unfiltered scores [T, N]
         strata[a] = distortion_strata_over_t(S[:, member], S[:, ~member], dist[member], dist[~member],
                                              ts=config.grid(a), n_random=config.strata_random, seed=config.seed)
-    freq = frequency_correlation(dist, arrays["lf"], arrays["hf"], n_boot=config.bootstrap, seed=config.seed)
+    freq = energy_correlation(dist, arrays["lf"], arrays["hf"], n_boot=config.bootstrap, seed=config.seed)
+    image_hw = getattr(model, "image_shape", None)
+    if image_hw is not None:
+        freq["radius"] = int(default_radius(int(image_hw[1]), int(image_hw[2])))
     hf = hf_filter_results(arrays, member, list(config.hf_timesteps), config.bootstrap, config.seed) if config.hf_filter else {}
 
     findings = filter_findings(protocols, config.k)
