@@ -4,7 +4,7 @@ overestimation, trajectory collapse, the training-loss view, Wen et al.'s detect
 guidance, over a deterministic DDIM sampler with classifier-free guidance.
 """
 from .alignment import alignment_curves, denoising_losses
-from .analyze import DynamicsConfig, analyze_prompt, initial_noise
+from .analyze import DynamicsConfig, analyze_prompt, analyze_prompts, initial_noise
 from .collapse import diversity_curves, mean_pairwise_distance
 from .decomposition import decompose, decompose_trajectory, deviation_scores, theoretical_coefficients
 from .detector import separation, wen_curve, wen_score
@@ -14,7 +14,7 @@ from .sampler import Trajectory, ddim_schedule, guidance_schedule, sample_ddim
 from .similarity import severity, torchscript_embedder
 
 __all__ = [
-    "DynamicsConfig", "PromptItem", "Trajectory", "alignment_curves", "analyze_prompt", "ddim_schedule",
+    "DynamicsConfig", "PromptItem", "Trajectory", "alignment_curves", "analyze_prompt", "analyze_prompts", "ddim_schedule",
     "decompose", "decompose_trajectory", "denoising_losses", "deviation_scores", "diversity_curves",
     "guidance_schedule", "initial_noise", "load_image", "mean_pairwise_distance", "read_prompts",
     "run_dynamics", "sample_ddim", "separation", "severity", "summarize", "theoretical_coefficients",

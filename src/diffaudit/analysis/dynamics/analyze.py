@@ -103,46 +103,57 @@ def run_summary(traj, z_x, cfg: DynamicsConfig, center, model, image_x, embedder
     return r
 
 
-def analyze_prompt(model, caption: str, z_x: torch.Tensor | None, cfg: DynamicsConfig,
-                   image_x: torch.Tensor | None = None, center: torch.Tensor | None = None,
-                   embedder=None, scheduler_config: dict | None = None, progress: bool = False) -> dict:
-    """Sample one prompt with guidance w, without (w = 1) and with each delay m, and measure.
+def analyze_prompts(model, captions: list[str], z_xs: list, cfg: DynamicsConfig, images_x: list | None = None,
+                    center: torch.Tensor | None = None, embedder=None, scheduler_config: dict | None = None,
+                    progress: bool = False) -> list[dict]:
+    """Sample prompts with guidance w, without (w = 1) and with each delay m, and measure.
 
-    z_x: latent of the paired training image (None → each trajectory's own final latent for
-    the decomposition and the alignment; no severity, no loss view).
+    All prompts × seeds go through the UNet as one batch (seed i has the same z_T for every
+    prompt). z_xs[p]: latent of prompt p's paired training image, or None (→ each trajectory's
+    own final latent for the decomposition and the alignment; no severity, no loss view).
     """
     cfg.validate()
-    n = cfg.seeds
-    noise = initial_noise(model, cfg)
-    cond, unc = model.encode_cond([caption]), model.uncond(1)
+    n, P = cfg.seeds, len(captions)
+    if len(z_xs) != P or (images_x is not None and len(images_x) != P):
+        raise InputError("captions, z_xs and images_x must have one entry per prompt")
+    images_x = images_x or [None] * P
+    noise = initial_noise(model, cfg).repeat(P, *([1] * len(model.latent_shape)))
+    cond = model.encode_cond(list(captions)).repeat_interleave(n, dim=0)
+    unc = model.uncond(P * n)
     sched = scheduler_config if scheduler_config is not None else _scheduler_config(model)
 
-    def run(w):
-        return sample_ddim(model, cond, unc, noise, cfg.steps, w, sched, progress)
+    def run(w, key, full):
+        traj = sample_ddim(model, cond, unc, noise, cfg.steps, w, sched, progress)
+        for p in range(P):
+            part = traj.rows(slice(p * n, (p + 1) * n))
+            res = run_summary(part, z_xs[p], cfg, center, model, images_x[p], embedder, full)
+            (outs[p].setdefault("delayed", {}) if key.isdigit() else outs[p])[key] = res
+        return traj
 
-    traj_g = run(cfg.guidance)
-    out = {
-        "timesteps": [int(t) for t in traj_g.timesteps],
-        "alphas_out": _l(traj_g.alphas_out),
-        "guided": run_summary(traj_g, z_x, cfg, center, model, image_x, embedder, True),
-    }
-    first_final = traj_g.final
-    del traj_g
-    out["unguided"] = run_summary(run(1.0), z_x, cfg, center, model, image_x, embedder, True)
-    out["delayed"] = {}
+    outs = [{} for _ in range(P)]
+    traj = run(cfg.guidance, "guided", True)
+    for o in outs:
+        o["timesteps"], o["alphas_out"] = [int(t) for t in traj.timesteps], _l(traj.alphas_out)
+    del traj
+    run(1.0, "unguided", True)
     for m in cfg.delays:
-        if m == 0:
-            continue
-        w = guidance_schedule(cfg.steps, cfg.guidance, m, cfg.early_guidance)
-        out["delayed"][str(m)] = run_summary(run(w), z_x, cfg, center, model, image_x, embedder, False)
-    if z_x is not None:
-        T = model.alphas_cumprod.shape[0]
-        grid = torch.linspace(0, T - 1, cfg.loss_timesteps + 2)[1:-1].round().long()
-        eps = randn_per_sample(model.latent_shape, list(range(cfg.loss_draws)), cfg.seed, "dynamics/loss")
-        lv = denoising_losses(model, z_x, cond, unc, grid, cfg.guidance, eps)
-        out["loss"] = {k: _l(v) for k, v in lv.items()}
-    out["final_pairwise_distance_guided"] = float(torch.pdist(first_final.flatten(1).double()).mean())
-    return out
+        if m > 0:
+            run(guidance_schedule(cfg.steps, cfg.guidance, m, cfg.early_guidance), str(m), False)
+    T = model.alphas_cumprod.shape[0]
+    grid = torch.linspace(0, T - 1, cfg.loss_timesteps + 2)[1:-1].round().long()
+    eps = randn_per_sample(model.latent_shape, list(range(cfg.loss_draws)), cfg.seed, "dynamics/loss")
+    for p in range(P):
+        outs[p].setdefault("delayed", {})
+        if z_xs[p] is not None:
+            lv = denoising_losses(model, z_xs[p], cond[p * n : p * n + 1], unc[:1], grid, cfg.guidance, eps)
+            outs[p]["loss"] = {k: _l(v) for k, v in lv.items()}
+    return outs
+
+
+def analyze_prompt(model, caption: str, z_x: torch.Tensor | None, cfg: DynamicsConfig, image_x=None,
+                   center=None, embedder=None, scheduler_config=None, progress: bool = False) -> dict:
+    """`analyze_prompts` for a single prompt."""
+    return analyze_prompts(model, [caption], [z_x], cfg, [image_x], center, embedder, scheduler_config, progress)[0]
 
 
 def _scheduler_config(model) -> dict | None:

@@ -5,6 +5,7 @@ per-prompt lines; x-axis = DDIM step (0 = first, noisiest).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,10 @@ def _curves(ax, results, get, style="-", label_suffix=""):
         ys = np.stack([_arr(get(r)) for r in grp])
         for y in ys:
             ax.plot(y, style, color=color, alpha=0.15, lw=0.7)
-        ax.plot(np.nanmean(ys, 0), style, color=color, lw=2, label=f"{name}{label_suffix} (n={len(grp)})")
+        with warnings.catch_warnings():  # an all-NaN step (e.g. undefined ratio) stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(ys, 0)
+        ax.plot(mean, style, color=color, lw=2, label=f"{name}{label_suffix} (n={len(grp)})")
 
 
 def plot_all(results: dict, summary: dict, out_dir) -> list[Path]:

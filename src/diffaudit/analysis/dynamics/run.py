@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from .analyze import DynamicsConfig, analyze_prompt
+from .analyze import DynamicsConfig, analyze_prompts
 from .detector import separation
 from .prompts import PromptItem, load_image, read_prompts, resolve_image
 
@@ -64,11 +64,14 @@ def encode_images(model, items: list[PromptItem], images_dir) -> dict:
 
 
 def run_dynamics(model, prompts, out_dir, images_dir=None, config: DynamicsConfig | None = None,
-                 embedder=None, progress: bool = True, plots: bool = True) -> dict:
+                 embedder=None, progress: bool = True, plots: bool = True, prompt_batch: int = 1) -> dict:
     """Analyse every prompt (a prompts file path or a list of `PromptItem`) and write the report.
 
-    Resumable: prompts whose result file exists are loaded, not recomputed.
+    Resumable: prompts whose result file exists are loaded, not recomputed. `prompt_batch`
+    prompts (× seeds × 2 for guidance) share one UNet batch.
     """
+    if prompt_batch < 1:
+        raise InputError(f"prompt_batch must be ≥ 1, got {prompt_batch}")
     cfg = (config or DynamicsConfig()).validate()
     items = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
     if embedder is not None:
@@ -82,22 +85,32 @@ def run_dynamics(model, prompts, out_dir, images_dir=None, config: DynamicsConfi
     center = None
     if cfg.center == "mean" and len(images) >= 2:
         center = torch.cat([z for z, _ in images.values()]).mean(0)
-    results = {}
-    it = items
-    if progress:
+    results, pending = {}, []
+    for item in items:
+        path = out / "prompts" / f"{item.id}.json"
+        if path.is_file():  # finished in an earlier run
+            results[item.id] = json.loads(path.read_text())
+        else:
+            pending.append(item)
+    bar = None
+    if progress and pending:
         from tqdm.auto import tqdm
 
-        it = tqdm(items, desc="dynamics: prompts")
-    for item in it:
-        path = out / "prompts" / f"{item.id}.json"
-        if path.is_file():
-            results[item.id] = json.loads(path.read_text())
-            continue
-        z_x, x = images.get(item.id, (None, None))
-        r = analyze_prompt(model, item.prompt, z_x, cfg, x, center, embedder)
-        r.update({"id": item.id, "prompt": item.prompt, "image": item.image, "memorized": item.memorized})
-        _atomic_json(path, r)
-        results[item.id] = r
+        bar = tqdm(total=len(pending), desc="dynamics: prompts")
+    for k in range(0, len(pending), prompt_batch):
+        chunk = pending[k : k + prompt_batch]
+        zs = [images.get(it.id, (None, None)) for it in chunk]
+        rs = analyze_prompts(model, [it.prompt for it in chunk], [z for z, _ in zs], cfg, [x for _, x in zs],
+                             center, embedder)
+        for item, r in zip(chunk, rs):
+            r.update({"id": item.id, "prompt": item.prompt, "image": item.image, "memorized": item.memorized})
+            _atomic_json(out / "prompts" / f"{item.id}.json", r)
+            results[item.id] = r
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    results = {it.id: results[it.id] for it in items}
     summary = summarize(results, cfg)
     _atomic_json(out / "summary.json", summary)
     write_csv(out / "per_prompt.csv", results)

@@ -47,6 +47,11 @@ class Trajectory:
         a = _bcast(self.alphas_in, eps)
         return (self.latents[:-1] - (1 - a).sqrt() * eps) / a.sqrt()
 
+    def rows(self, idx) -> "Trajectory":
+        """The trajectories of the seeds/rows `idx` (a slice or index tensor)."""
+        return Trajectory(self.timesteps, self.alphas_in, self.alphas_out, self.guidance,
+                          self.latents[:, idx], self.eps_c[:, idx], self.eps_u[:, idx])
+
     @property
     def final(self) -> torch.Tensor:
         return self.latents[-1]
