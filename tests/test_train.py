@@ -160,7 +160,9 @@ def test_class_conditional_and_vq(digits16, tmp_path):
     meta = train_ldm(x, tiny(), tmp_path / "cond", labels=y, class_conditional=True, progress=False)
     unet = UNet2DModel.from_pretrained(tmp_path / "cond" / "unet")
     n_cls = int(y.max()) + 1
-    assert meta["null_class"] == n_cls and unet.config.num_class_embeds == n_cls + 1
+    assert meta["null_label"] == n_cls and unet.config.num_class_embeds == n_cls + 1
+    models = pytest.importorskip("diffaudit.models")
+    assert models.LatentDiffusion.from_pretrained(tmp_path / "cond").uncond(2).tolist() == [n_cls, n_cls]
     with torch.no_grad():
         out = unet(torch.zeros(2, 4, 8, 8), torch.tensor([5, 5]), class_labels=torch.tensor([0, n_cls])).sample
     assert not torch.allclose(out[0], out[1])  # the label reaches the prediction

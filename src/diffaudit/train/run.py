@@ -216,7 +216,7 @@ def train_ldm(
         "split": split_info,
         "class_conditional": class_conditional,
         "num_classes": n_classes,
-        "null_class": n_classes,
+        "null_label": n_classes,  # the label the adapter's uncond() uses
         "scaling_factor": vae_res["scaling_factor"],
         "kl_convention": "l1 (mean over pixels) + beta_kl * KL (mean over latent elements)",
         "steps": {"vae": vae_res["steps"], "unet": unet_res["steps"]},
