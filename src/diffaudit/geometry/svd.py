@@ -1,0 +1,113 @@
+"""Top singular values of the decoder Jacobian and the local distortion (SPEC §3, paper §3.2, App. A).
+
+Two matrix-free algorithms, both batched over samples with the columns folded into the batch:
+- "subspace": the paper's Algorithm 1 (randomized SVD with q power passes):
+  ℓ = min(K+p, d); V ← qr(N(0, I_{d×ℓ})); q times V ← qr(Jᵀ(J V)); Y = J V; Q = qr(Y);
+  T = Jᵀ Q; σ = svdvals(T)[:K]. Cost (2q+2)·ℓ Jacobian products per sample.
+- "block_krylov": block Lanczos on JᵀJ with full reorthogonalisation (randomized block Krylov,
+  Musco & Musco 2015): W₁ = qr(N(0, I_{d×b})), W_{i+1} = orth(Jᵀ J Wᵢ ⊥ W₁..Wᵢ); the Ritz
+  values are σ = svdvals([J W₁, …, J W_s]) (the J Wᵢ are computed anyway). Cost (2s−1)·b.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import InputError
+from ._inputs import (GeneratorArg, WORKSPACE_ELEMS, check_choice, check_latent, check_positive_int,
+                      default_fd_step, draw, items_per_call, per_sample_generators)
+from ._linearize import Linearization, output_shape, resolve_vjp_mode
+
+METHODS = ("jvp", "fd")
+ALGORITHMS = ("subspace", "block_krylov")
+
+
+def _orth(A: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.qr(A, mode="reduced").Q
+
+
+def subspace_svdvals(lin: Linearization, V0: torch.Tensor, power_iters: int) -> torch.Tensor:
+    """Algorithm 1 on every sample of `lin` from start matrices V0 [n, d, ℓ]; all ℓ values."""
+    V = _orth(V0)
+    for _ in range(power_iters):
+        V = _orth(lin.rmatmul(lin.matmul(V)))
+    Q = _orth(lin.matmul(V))
+    return torch.linalg.svdvals(lin.rmatmul(Q))
+
+
+def block_krylov_svdvals(lin: Linearization, W0: torch.Tensor, blocks: int) -> torch.Tensor:
+    """Block Lanczos (full reorthogonalisation) on JᵀJ from W0 [n, d, b]; Ritz singular values."""
+    W = _orth(W0)
+    basis, images = [W], []
+    for i in range(blocks):
+        images.append(lin.matmul(basis[-1]))  # J W_i
+        if i == blocks - 1 or sum(b.shape[2] for b in basis) >= lin.d:
+            break
+        Z = lin.rmatmul(images[-1])  # JᵀJ W_i
+        B = torch.cat(basis, dim=2)
+        for _ in range(2):  # twice is enough (Giraud et al.): keeps the basis orthonormal
+            Z = Z - B @ (B.transpose(1, 2) @ Z)
+        room = lin.d - B.shape[2]
+        basis.append(_orth(Z[:, :, :room]))
+    return torch.linalg.svdvals(torch.cat(images, dim=2))
+
+
+def _check_sv_args(z, rank, oversample, power_iters, method, h, algorithm, block_size):
+    z = check_latent(z)
+    rank = check_positive_int(rank, "rank")
+    check_positive_int(oversample, "oversample", minimum=0)
+    check_positive_int(power_iters, "power_iters", minimum=0)
+    check_choice(method, "method", METHODS)
+    check_choice(algorithm, "algorithm", ALGORITHMS)
+    if block_size is not None:
+        check_positive_int(block_size, "block_size")
+    d = z[0].numel()
+    if rank > d:
+        raise InputError(f"rank={rank} exceeds the latent dimension d={d}: a Jacobian has at most d singular values")
+    if h is None:
+        h = default_fd_step(z.dtype)
+    elif not (isinstance(h, (int, float)) and h > 0 and math.isfinite(h)):
+        raise InputError(f"h must be a positive finite step, got {h!r}")
+    return z, d, float(h)
+
+
+def singular_values(decode, z: torch.Tensor, rank: int = 20, oversample: int = 30, power_iters: int = 2,
+                    method: str = "jvp", h: float | None = None, generator: GeneratorArg = None, *,
+                    algorithm: str = "subspace", block_size: int | None = None,
+                    max_batch: int | None = None, vjp_mode: str = "auto") -> torch.Tensor:
+    """Top-`rank` singular values of J_D(z) per sample, `[N, rank]`, descending (SPEC §3).
+
+    `method`: J·V by forward mode ("jvp", `torch.func.jvp`, made to work through diffusers
+    attention, see `prepare_decoder_for_jvp`) or central differences ("fd",
+    (D(z+hv) − D(z−hv))/2h along unit columns v, default h = eps^(1/3) of z's dtype); Jᵀ·Y by
+    reverse mode. `algorithm="subspace"` is the paper's Algorithm 1 with ℓ = min(rank +
+    oversample, d) columns and `power_iters` passes; `"block_krylov"` runs `power_iters + 1`
+    block-Lanczos steps with blocks of `block_size` (default min(rank + oversample, d)) columns.
+    `generator`: one or one per sample (diffaudit.rng); `max_batch`, `vjp_mode` as in jacobian_diag.
+    """
+    z, d, h = _check_sv_args(z, rank, oversample, power_iters, method, h, algorithm, block_size)
+    gens = per_sample_generators(generator, z.shape[0])
+    width = min(block_size or rank + oversample, d) if algorithm == "block_krylov" else min(rank + oversample, d)
+    if algorithm == "block_krylov" and min(width * (power_iters + 1), d) < rank:
+        raise InputError(f"block_krylov spans block_size·(power_iters+1) = {width * (power_iters + 1)} < rank={rank} "
+                         "dimensions; raise block_size or power_iters")
+    xshape = output_shape(decode, z)
+    m = math.prod(xshape)
+    items = items_per_call(max_batch, m)
+    mode = resolve_vjp_mode(vjp_mode, z.device)
+    span = width * (power_iters + 1) if algorithm == "block_krylov" else width
+    chunk = items if mode == "loop" else max(1, items // width)
+    chunk = max(1, min(chunk, WORKSPACE_ELEMS // (2 * span * max(m, d))))
+    out = []
+    for s in range(0, z.shape[0], chunk):
+        zc = z[s:s + chunk]
+        lin = Linearization(decode, zc, xshape, first_id=s, method=method, h=h, items=items, vjp_mode=mode)
+        start = draw(gens[s:s + chunk], (width, d), like=zc).transpose(1, 2)  # [n, d, width]
+        if algorithm == "subspace":
+            sv = subspace_svdvals(lin, start, power_iters)
+        else:
+            sv = block_krylov_svdvals(lin, start, power_iters + 1)
+        lin.release()
+        out.append(sv[:, :rank])
+    return torch.cat(out)
