@@ -7,8 +7,10 @@ the number of samples or with N x T x d. Every random draw is keyed by the sampl
 """
 from __future__ import annotations
 
+import gc
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -17,7 +19,7 @@ import torch
 
 from .. import attacks as attacks_mod
 from .. import geometry, masking
-from ..errors import NonFiniteError
+from ..errors import ModelError, NonFiniteError
 from ..rng import sample_generator
 from .plan import AuditConfig, MaskId, mask_bank
 from .samples import SampleSet
@@ -68,14 +70,28 @@ class PassTiming:
     extra: dict = field(default_factory=dict)
 
 
+def _in_batches(fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """fn over slices of at most `batch_size` samples, concatenated (bounds peak memory)."""
+    if len(x) <= batch_size:
+        return fn(x)
+    return torch.cat([fn(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
+
+
 def compute_chunk(model, images: torch.Tensor, cond, keys: Sequence[str], config: AuditConfig,
-                  geometry_arrays: dict | None = None, timing: PassTiming | None = None) -> tuple[dict, dict]:
-    """One chunk of samples -> (geometry arrays, attack arrays), both per-sample numpy."""
+                  geometry_arrays: dict | None = None, timing: PassTiming | None = None,
+                  batch_size: int | None = None, on_geometry: Callable[[dict], None] | None = None) -> tuple[dict, dict]:
+    """One chunk of samples -> (geometry arrays, attack arrays), both per-sample numpy.
+
+    `batch_size` (default `config.batch_size`) bounds the samples per VAE/geometry call; UNet
+    calls hold up to 8x as many rows. It changes memory, not results (draws are keyed by sample,
+    up to float rounding). `on_geometry(arrays)` is called as soon as the geometry exists.
+    """
     timing = timing or PassTiming()
     seed = config.seed
+    bs = int(batch_size or config.batch_size)
     t0 = time.perf_counter()
     with torch.no_grad():
-        z = model.encode(images).float()
+        z = _in_batches(model.encode, images, bs).float()
         if cond is not None and config.cond != "none" and hasattr(model, "encode_cond"):
             cond = model.encode_cond(cond)
         else:
@@ -85,15 +101,18 @@ def compute_chunk(model, images: torch.Tensor, cond, keys: Sequence[str], config
     decode, to_point = _geometry_decoder(model)
     if geometry_arrays is None:
         t0 = time.perf_counter()
-        zp = to_point(z).detach()
-        gens = [sample_generator(seed, k, "influence") for k in keys]
-        infl = geometry.influence(decode, zp, n_probes=config.n_probes, generator=gens)
-        gens = [sample_generator(seed, k, "distortion") for k in keys]
-        dist = geometry.distortion(
-            decode, zp, rank=config.svd_rank, oversample=config.svd_oversample,
-            power_iters=config.svd_power_iters, method=config.svd_method,
-            estimator=config.distortion_estimator, generator=gens,
-        )
+        infl_parts, dist_parts = [], []
+        for s in range(0, len(keys), bs):
+            zp = to_point(z[s:s + bs]).detach()
+            gens = [sample_generator(seed, k, "influence") for k in keys[s:s + bs]]
+            infl_parts.append(geometry.influence(decode, zp, n_probes=config.n_probes, generator=gens).detach())
+            gens = [sample_generator(seed, k, "distortion") for k in keys[s:s + bs]]
+            dist_parts.append(geometry.distortion(
+                decode, zp, rank=config.svd_rank, oversample=config.svd_oversample,
+                power_iters=config.svd_power_iters, method=config.svd_method,
+                estimator=config.distortion_estimator, generator=gens,
+            ).detach())
+        infl, dist = torch.cat(infl_parts), torch.cat(dist_parts)
         from ..analysis.frequency import band_energy
 
         lf, hf = band_energy(images)
@@ -104,17 +123,19 @@ def compute_chunk(model, images: torch.Tensor, cond, keys: Sequence[str], config
             "hf": np.asarray(hf, dtype=np.float64),
         }
         timing.geometry_s += time.perf_counter() - t0
+        if on_geometry is not None:
+            on_geometry(geometry_arrays)
 
     t0 = time.perf_counter()
     infl = torch.from_numpy(geometry_arrays["influence"]).reshape(z.shape).to(z.device)
     bank = mask_bank(config)
     masks = build_masks(infl, keys, bank, seed)  # [B, M, d]
-    out = _attack_statistics(model, z, cond, keys, config, masks)
+    out = _attack_statistics(model, z, cond, keys, config, masks, bs)
     timing.attacks_s += time.perf_counter() - t0
     return geometry_arrays, out
 
 
-def _attack_statistics(model, z, cond, keys, config: AuditConfig, masks: torch.Tensor) -> dict:
+def _attack_statistics(model, z, cond, keys, config: AuditConfig, masks: torch.Tensor, bs: int) -> dict:
     B = z.shape[0]
     grids = {a: config.grid(a) for a in config.attacks}
     stats = {a: torch.zeros(B, len(grids[a]), masks.shape[1], dtype=torch.float64) for a in config.attacks}
@@ -124,7 +145,7 @@ def _attack_statistics(model, z, cond, keys, config: AuditConfig, masks: torch.T
     x_ref = None
     if hf_attacks:
         with torch.no_grad():
-            x_ref = model.decode(z).float()
+            x_ref = _in_batches(model.decode, z, bs).float()
 
     sweep_grids = dict(grids)
     for a in hf_attacks:  # the HF variant needs these t even when the main grid skips them
@@ -132,7 +153,7 @@ def _attack_statistics(model, z, cond, keys, config: AuditConfig, masks: torch.T
     try:
         for attack, t, vec in attacks_mod.attack_sweep(
             model, z, sweep_grids, attacks=config.attacks, cond=cond, sample_ids=list(keys), seed=config.seed,
-            interval=config.secmi_interval, max_batch=config.batch_size * 8,
+            interval=config.secmi_interval, max_batch=bs * 8,
         ):
             vec = vec.detach()
             p = attacks_mod.ATTACKS[attack].p
@@ -141,7 +162,7 @@ def _attack_statistics(model, z, cond, keys, config: AuditConfig, masks: torch.T
                 powered = vec.reshape(B, -1).abs().double() ** p
                 stats[attack][:, ti, :] = torch.einsum("bd,bmd->bm", powered, masks.double()).cpu()
             if attack in hf and t in hf_ts:
-                hf[attack][:, hf_ts.index(t), :] = _hf_statistics(model, z, vec, t, x_ref, config)
+                hf[attack][:, hf_ts.index(t), :] = _hf_statistics(model, z, vec, t, x_ref, config, bs)
     except NonFiniteError as e:
         raise NonFiniteError(f"{e} (chunk samples: {_short(keys)})") from None
     out = {f"stats__{a}": s.numpy() for a, s in stats.items()}
@@ -149,7 +170,7 @@ def _attack_statistics(model, z, cond, keys, config: AuditConfig, masks: torch.T
     return out
 
 
-def _hf_statistics(model, z, vec, t: int, x_ref, config: AuditConfig) -> torch.Tensor:
+def _hf_statistics(model, z, vec, t: int, x_ref, config: AuditConfig, bs: int) -> torch.Tensor:
     """App. F: decode the predicted clean latent and the target; ℓ2 of their difference, plain and
     after scaling the high-frequency band. For Loss and PIA the prediction is z + c·vec with
     c = √(1−ᾱ_t)/√ᾱ_t, since x̂₀ = (z_t − √(1−ᾱ_t) ε̂)/√ᾱ_t and z_t = √ᾱ_t z + √(1−ᾱ_t) ε."""
@@ -158,7 +179,7 @@ def _hf_statistics(model, z, vec, t: int, x_ref, config: AuditConfig) -> torch.T
     a = model.alphas_cumprod[t].double().item()
     c = math.sqrt(1 - a) / math.sqrt(a)
     with torch.no_grad():
-        x_pred = model.decode(z + c * vec.to(z.dtype)).float()
+        x_pred = _in_batches(model.decode, z + c * vec.to(z.dtype), bs).float()
     diff = (x_pred - x_ref).double()
     radius = default_radius(x_ref.shape[-1])
     filt = highfreq_filter(x_pred, radius, config.hf_scale) - highfreq_filter(x_ref, radius, config.hf_scale)
@@ -181,6 +202,7 @@ def run_pass(model, samples: SampleSet, config: AuditConfig, geometry_store: Chu
     ranges = chunk_ranges(len(samples), config.chunk_size)
     mine = [i for i in range(len(ranges)) if i % world_size == rank]
     bar = tqdm(mine, desc="audit", unit="chunk", disable=not progress, leave=False)
+    work_batch = config.batch_size  # halved on out-of-memory, kept for the chunks that follow
     for i in bar:
         s, e = ranges[i]
         ids = np.arange(s, e)
@@ -190,12 +212,57 @@ def run_pass(model, samples: SampleSet, config: AuditConfig, geometry_store: Chu
         images, cond = samples.load(range(s, e))
         geo = geometry_store.done(i, ids)
         geo_arrays = None if geo is None else {k: v for k, v in geo.items() if k != "id"}
-        geo_arrays, att = compute_chunk(model, images, cond, keys, config, geo_arrays, timing)
-        if geo is None:
-            geometry_store.save(i, {"id": ids, **geo_arrays})
-        attack_store.save(i, {"id": ids, "member": samples.member[s:e], **att})
+
+        def keep_geometry(arrays, i=i, ids=ids):  # stored at once: a retry or a rerun reuses it
+            nonlocal geo_arrays
+            geo_arrays = arrays
+            geometry_store.save(i, {"id": ids, **arrays})
+
+        while True:
+            oom = False
+            try:
+                got = compute_chunk(model, images, cond, keys, config, geo_arrays, timing, batch_size=work_batch,
+                                    on_geometry=keep_geometry)
+            except Exception as err:
+                if not is_out_of_memory(err):
+                    raise
+                oom = True  # handled outside the except block, so its frames (and tensors) are freed
+            if not oom:
+                break
+            _release_memory()
+            if work_batch == 1:
+                raise ModelError(f"out of memory even at batch 1 (chunk {i}, samples {_short(keys)}); "
+                                 "use a device with more memory or a smaller model resolution")
+            warnings.warn(f"out of memory at batch {work_batch}; retrying with {work_batch // 2}",
+                          RuntimeWarning, stacklevel=2)
+            work_batch //= 2
+        attack_store.save(i, {"id": ids, "member": samples.member[s:e], **got[1]})
         bar.set_postfix(samples=e)
     return timing
+
+
+def is_out_of_memory(err: BaseException | None) -> bool:
+    """An allocator failure (CUDA/ROCm/XPU, MPS, CPU), also when a layer re-raised it as its own
+    error (`raise ModelError(...) from oom`, as geometry's decoder calls do)."""
+    for _ in range(8):
+        if err is None:
+            return False
+        if isinstance(err, torch.OutOfMemoryError):
+            return True
+        text = str(err) if isinstance(err, RuntimeError) else ""
+        if any(s in text for s in (" out of memory", "MPS backend out of memory",
+                                   "DefaultCPUAllocator: can't allocate memory")):
+            return True
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    return False
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        torch.mps.empty_cache()
 
 
 def gather(samples: SampleSet, config: AuditConfig, geometry_store: ChunkStore, attack_store: ChunkStore) -> dict:

@@ -90,7 +90,7 @@ class ChunkStore:
 
     def clear(self) -> None:
         for p in self.root.glob("chunk-*.npz"):
-            p.unlink()
+            p.unlink(missing_ok=True)  # another process of a distributed run may clear it too
 
     def path(self, index: int) -> Path:
         return self.root / f"chunk-{index:05d}.npz"

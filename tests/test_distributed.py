@@ -1,0 +1,52 @@
+"""Two CPU processes through `accelerate launch` (gloo) give the single-process results.
+
+Each rank computes the chunks i ≡ rank (mod 2) into the shared store; rank 0 gathers after a
+barrier and writes the report. Every random draw is keyed by sample, so sharding changes nothing.
+"""
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from diffaudit.distributed import launched_distributed, process_group
+from test_reliability import (assert_each_sample_once, audit_args, comparable, reference_results, run_cli,
+                              subprocess_env, workspace)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:  # other test runs on this machine may hold accelerate's default port
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_equal_one(tmp_path_factory, tmp_path):
+    pytest.importorskip("accelerate")
+    ws = workspace(tmp_path_factory)
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           "-m", "diffaudit", *map(str, audit_args(ws, out))]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Only the main process reports: one summary means the two processes saw ranks 0 and 1.
+    assert proc.stdout.count("report: ") == 1, proc.stdout[-2000:]
+    assert comparable(out / "results.json") == reference_results(tmp_path_factory)
+    assert_each_sample_once(out, ws)
+
+    # Resuming works the same: a single process reuses the chunks the two wrote (nothing to compute).
+    code, _, _ = run_cli(audit_args(ws, out))
+    assert code == 0
+    timing = json.loads((out / "results.json").read_text())["timing"]
+    assert timing["geometry_s"] == 0 and timing["attacks_s"] == 0
+    assert comparable(out / "results.json") == reference_results(tmp_path_factory)
+
+
+def test_single_process_without_a_launcher(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not launched_distributed()
+    with process_group("cpu") as pg:
+        assert (pg.rank, pg.world_size, pg.is_main, pg.barrier) == (0, 1, True, None)
+        assert str(pg.device) == "cpu"
