@@ -215,3 +215,6 @@ def test_cli_train_from_split(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # a held-out split is refused with one line
         main(["train", "--members", str(h), "--out", str(tmp_path / "m2")])
     assert e.value.code == 2 and "heldout split" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # --data must name the split's source
+        main(["train", "--members", str(m), "--data", "fashion-mnist", "--out", str(tmp_path / "m3")])
+    assert e.value.code == 2 and "differs from the source" in capsys.readouterr().err

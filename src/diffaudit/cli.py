@@ -121,13 +121,10 @@ def train(
     no_progress: bool = typer.Option(False, "--no-progress"),
 ):
     """Train the paper's β-VAE + latent DDPM on a member split; resumable (rerun the same command)."""
-    from .errors import InputError
     from .train import get_preset, load_split_images, train_ldm
 
     p = get_preset(preset)
-    images, labels, split_info, spec = load_split_images(members, p.resolution, data_root, class_conditional)
-    if data is not None and data != spec:
-        raise InputError(f"--data {data} differs from the source of {members} ({spec})")
+    images, labels, split_info = load_split_images(members, p.resolution, data_root, class_conditional, data)
     meta = train_ldm(images, p, out, labels=labels, seed=seed, progress=not no_progress, vae_steps=vae_steps,
                      unet_steps=unet_steps, class_conditional=class_conditional, device=device,
                      split_info=split_info)
