@@ -180,9 +180,11 @@ def load_config(path: str | Path | None, **overrides) -> AuditConfig:
     if path is not None:
         p = Path(path)
         try:
-            text = p.read_text()
+            text = p.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"{p}: cannot read config ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p}: not a text config file (invalid UTF-8)") from None
         try:
             if p.suffix.lower() == ".toml":
                 import tomllib
