@@ -88,15 +88,18 @@ def test_influence_is_half_log_diag(dec, z, J):
 
 
 # -- singular values / distortion ------------------------------------------------------------------
+@pytest.mark.parametrize("algorithm", ["subspace", "block_krylov"])
 @pytest.mark.parametrize("method", ["jvp", "fd"])
-def test_singular_values_match_svdvals(dec, z, J, method):
+def test_singular_values_match_svdvals(dec, z, J, method, algorithm):
     truth = torch.linalg.svdvals(J)
-    sv = singular_values(dec, z, method=method, generator=gens(3))  # paper defaults: K=20, p=30, q=2
+    # The paper's defaults K=20, p=30, q=2 (block_krylov: 3 blocks of 50, capped at d = 64).
+    sv = singular_values(dec, z, method=method, algorithm=algorithm, generator=gens(3))
     assert sv.shape == (3, 20)
     assert torch.all(sv[:, :-1] >= sv[:, 1:])
     assert ((sv - truth[:, :20]).abs() / truth[:, :20]).max() < 1e-3
     # ℓ = d: the sketch spans the whole latent space, exact up to float (and O(h²) for fd) error.
-    full = singular_values(dec, z, rank=64, oversample=0, power_iters=0, method=method, generator=gens(3))
+    full = singular_values(dec, z, rank=64, oversample=0, power_iters=0, method=method, algorithm=algorithm,
+                           generator=gens(3))
     torch.testing.assert_close(full, truth, rtol=1e-8, atol=0)
 
 

@@ -1,12 +1,20 @@
 """Top singular values of the decoder Jacobian and the local distortion (SPEC §3, paper §3.2, App. A).
 
-Two matrix-free algorithms, both batched over samples with the columns folded into the batch:
+Two matrix-free algorithms, both batched over samples with the columns folded into the batch.
+With ℓ = min(K + p, d) (rank K, oversampling p) and q = power_iters:
 - "subspace": the paper's Algorithm 1 (randomized SVD with q power passes):
-  ℓ = min(K+p, d); V ← qr(N(0, I_{d×ℓ})); q times V ← qr(Jᵀ(J V)); Y = J V; Q = qr(Y);
-  T = Jᵀ Q; σ = svdvals(T)[:K]. Cost (2q+2)·ℓ Jacobian products per sample.
-- "block_krylov": block Lanczos on JᵀJ with full reorthogonalisation (randomized block Krylov,
-  Musco & Musco 2015): W₁ = qr(N(0, I_{d×b})), W_{i+1} = orth(Jᵀ J Wᵢ ⊥ W₁..Wᵢ); the Ritz
-  values are σ = svdvals([J W₁, …, J W_s]) (the J Wᵢ are computed anyway). Cost (2s−1)·b.
+  V ← qr(N(0, I_{d×ℓ})); q times V ← qr(Jᵀ(J V)); Y = J V; Q = qr(Y); T = Jᵀ Q;
+  σ = svdvals(T)[:K]. Cost (2q+2)·ℓ Jacobian products per sample.
+- "block_krylov" (default): block Lanczos on JᵀJ with full reorthogonalisation (randomized
+  block Krylov, Musco & Musco 2015), q+1 blocks of b = ℓ columns (or `block_size`):
+  W₁ = qr(N(0, I_{d×b})), W_{i+1} = orth(JᵀJ Wᵢ ⊥ W₁..Wᵢ); Ritz values σ = svdvals([J W₁, …]).
+  Cost (2q+1)·b. It keeps every power (JᵀJ)^i V₀, i ≤ q, where Algorithm 1 keeps only the
+  last; with the same knobs it needs fewer products and, measured, errs less.
+Measured (issue 5) against svdvals of the full Jacobian of random-init AutoencoderKL decoders
+(flat spectra, σ₁/σ₂₀ ≈ 1.5–2.6, the hard case), worst relative error of the top 20 over 15
+(sample, seed) pairs: d = 256: subspace K=20,p=30,q=2 (300 products) 3.2e-3; block_krylov same
+knobs (250) 5.2e-4; block_size=10, q=10 (210) 1.9e-10. d = 1024: 2.9e-2; 2.3e-2; 7.8e-4.
+For the top 20 to 1e-3, use algorithm="block_krylov", block_size=10, power_iters=10.
 """
 from __future__ import annotations
 
@@ -50,7 +58,8 @@ def block_krylov_svdvals(lin: Linearization, W0: torch.Tensor, blocks: int) -> t
             Z = Z - B @ (B.transpose(1, 2) @ Z)
         room = lin.d - B.shape[2]
         basis.append(_orth(Z[:, :, :room]))
-    return torch.linalg.svdvals(torch.cat(images, dim=2))
+    # R of a thin QR has the singular values of the tall m×(s·b) matrix, at k×k cost.
+    return torch.linalg.svdvals(torch.linalg.qr(torch.cat(images, dim=2), mode="r").R)
 
 
 def _check_sv_args(z, rank, oversample, power_iters, method, h, algorithm, block_size):
@@ -74,17 +83,18 @@ def _check_sv_args(z, rank, oversample, power_iters, method, h, algorithm, block
 
 def singular_values(decode, z: torch.Tensor, rank: int = 20, oversample: int = 30, power_iters: int = 2,
                     method: str = "jvp", h: float | None = None, generator: GeneratorArg = None, *,
-                    algorithm: str = "subspace", block_size: int | None = None,
+                    algorithm: str = "block_krylov", block_size: int | None = None,
                     max_batch: int | None = None, vjp_mode: str = "auto") -> torch.Tensor:
     """Top-`rank` singular values of J_D(z) per sample, `[N, rank]`, descending (SPEC §3).
 
     `method`: J·V by forward mode ("jvp", `torch.func.jvp`, made to work through diffusers
     attention, see `prepare_decoder_for_jvp`) or central differences ("fd",
     (D(z+hv) − D(z−hv))/2h along unit columns v, default h = eps^(1/3) of z's dtype); Jᵀ·Y by
-    reverse mode. `algorithm="subspace"` is the paper's Algorithm 1 with ℓ = min(rank +
-    oversample, d) columns and `power_iters` passes; `"block_krylov"` runs `power_iters + 1`
-    block-Lanczos steps with blocks of `block_size` (default min(rank + oversample, d)) columns.
-    `generator`: one or one per sample (diffaudit.rng); `max_batch`, `vjp_mode` as in jacobian_diag.
+    reverse mode. `algorithm="subspace"` is the paper's Algorithm 1 exactly: ℓ = min(rank +
+    oversample, d) columns, `power_iters` passes. The default `"block_krylov"` (see the module
+    docstring: fewer products, smaller error, measured) uses `power_iters + 1` blocks of
+    `block_size` (default ℓ) columns. `generator`: one, or one per sample (diffaudit.rng);
+    `max_batch`, `vjp_mode` as in `jacobian_diag`.
     """
     z, d, h = _check_sv_args(z, rank, oversample, power_iters, method, h, algorithm, block_size)
     gens = per_sample_generators(generator, z.shape[0])
