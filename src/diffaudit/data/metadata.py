@@ -69,7 +69,10 @@ def read_metadata(root: Path, keys, caption_column: str | None = None, label_col
     """Per-image meta {key: {"caption"?, "label"?, "label_name"?}} for the image `keys` under `root`."""
     keyset = set(keys)
     meta: dict[str, dict] = {}
-    found = sorted(p for name in METADATA_FILES for p in root.rglob(name) if p.is_file())
+    try:
+        found = sorted(p for name in METADATA_FILES for p in root.rglob(name) if p.is_file())
+    except OSError as e:  # an unreadable or special subfolder (e.g. under /proc)
+        raise DataError(f"{root}: cannot search for metadata files ({type(e).__name__}: {e})") from None
     for path in found:
         base = path.parent.relative_to(root)
         for line, row in _rows(path):

@@ -182,7 +182,10 @@ def load_split(path, root=None, verify: bool = True, expect_role: str | None = N
         raise DataError(f"{split.path}: is a {split.role} split, expected {expect_role}")
     src = split.open()
     for key, sha in zip(split.keys, split.hashes):
-        src.check_key(key)
+        try:
+            src.check_key(key)
+        except DataError as e:  # name the split file that lists the bad key too
+            raise DataError(f"{e} (listed in {split.path})") from None
         if verify and src.pixels(key).sha256() != sha:
             raise DataError(f"{src.name(key)}: content changed since the split was made (sha256 mismatch, "
                             f"split {split.path})")

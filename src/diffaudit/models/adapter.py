@@ -287,7 +287,8 @@ class LatentDiffusion:
         if self.prediction_type == "v_prediction":
             a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
             out = a.sqrt() * out + (1 - a).sqrt() * z_t.to(self.device, torch.float32)
-        check_finite(out, "UNet", ids)
+        # without ids, name batch rows: bare indices would read as sample ids
+        check_finite(out, "UNet", ids if ids is not None else [f"batch row {i}" for i in range(n)])
         return out.to(z_t.device)
 
     def __repr__(self) -> str:
