@@ -11,9 +11,16 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable
 
 import torch
+
+
+# Ranks wait at barriers for the slowest rank (a resumed run can leave one rank most of the work)
+# and for the main process's report; torch's defaults (10 min NCCL, 30 min gloo) would abort
+# audits that run for hours.
+BARRIER_TIMEOUT = timedelta(hours=48)
 
 
 @dataclass
@@ -44,7 +51,7 @@ def process_group(device: str = "cpu"):
     from accelerate import PartialState
 
     cpu = device == "cpu" or not torch.cuda.is_available()
-    state = PartialState(cpu=cpu)
+    state = PartialState(cpu=cpu, timeout=BARRIER_TIMEOUT)
     dev = torch.device("cpu") if cpu else state.device
     try:
         yield ProcessGroup(state.process_index, state.num_processes, dev, state.wait_for_everyone)
