@@ -86,8 +86,15 @@ def run_audit(model, samples: SampleSet, config: AuditConfig | None = None, out_
     geo_manifest = {**common, "kind": "geometry", **{f: getattr(config, f) for f in _GEOMETRY_FIELDS}}
     att_manifest = {**common, "kind": "attacks", "config": config.hash()}
     t0 = time.perf_counter()
-    geo_store = ChunkStore(out / "cache" / "geometry", geo_manifest, overwrite=overwrite)
-    att_store = ChunkStore(out / "cache" / "attacks", att_manifest, overwrite=overwrite)
+    # The main process checks (and with overwrite, clears) the stores before others write to them.
+    if rank == 0:
+        geo_store = ChunkStore(out / "cache" / "geometry", geo_manifest, overwrite=overwrite)
+        att_store = ChunkStore(out / "cache" / "attacks", att_manifest, overwrite=overwrite)
+    if barrier is not None:
+        barrier()
+    if rank != 0:
+        geo_store = ChunkStore(out / "cache" / "geometry", geo_manifest)
+        att_store = ChunkStore(out / "cache" / "attacks", att_manifest)
     timing = run_pass(model, samples, config, geo_store, att_store, rank=rank, world_size=world_size, progress=progress)
     if barrier is not None:
         barrier()

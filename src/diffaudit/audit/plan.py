@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,11 @@ def _validate(c: AuditConfig) -> None:
     for name in ("n_random", "n_probes", "svd_rank", "chunk_size", "batch_size", "bootstrap", "secmi_interval"):
         if getattr(c, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(c, name)}")
+    for name in ("hf_scale", "active_nats", "calibration_fraction"):
+        if not math.isfinite(getattr(c, name)):
+            raise ConfigError(f"{name} must be a finite number, got {getattr(c, name)}")
+    if c.hf_scale < 0 or c.active_nats <= 0:
+        raise ConfigError(f"need hf_scale >= 0 and active_nats > 0, got {c.hf_scale} and {c.active_nats}")
     if not 0 < c.calibration_fraction < 1:
         raise ConfigError(f"calibration_fraction must be in (0, 1), got {c.calibration_fraction}")
     if c.svd_method not in ("jvp", "fd"):
