@@ -15,9 +15,12 @@ def sync(device) -> None:
 
 def measure(candidates: dict[str, Callable[[], object]], repeats: int, device="cpu",
             warmup: bool = True) -> dict[str, dict]:
-    """Time each candidate `repeats` times, interleaved (A B C A B C …), after one warm-up each.
+    """Time each candidate `repeats` times, interleaved and rotated (A B C, B C A, C A B, …),
+    after one warm-up each.
 
-    Interleaving spreads a shared machine's load over all candidates alike; the minimum is the
+    Interleaving spreads a shared machine's load over all candidates alike; rotating the order
+    stops one candidate always running after the same other one (a loop of batch-1 calls leaves
+    the allocator in a state that slowed the next candidate by ~30% here). The minimum is the
     least disturbed run, the median shows the spread. `warmup=False` for candidates that take
     seconds (warm the model up once beforehand instead).
     """
@@ -25,8 +28,10 @@ def measure(candidates: dict[str, Callable[[], object]], repeats: int, device="c
         fn()
     sync(device)
     times: dict[str, list[float]] = {k: [] for k in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
+    names = list(candidates)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = candidates[name]
             sync(device)
             t0 = time.perf_counter()
             fn()

@@ -102,14 +102,16 @@ def table(results: dict) -> str:
         r = results["distortion"]
         sp = r["speedup_vs_reference"]
         acc = r.get("accuracy_vs_full_jacobian", {})
-        for k in sp:
+        prods = r["products_per_sample"]
+        for i, k in enumerate(sp):
             err = acc.get(k, {}).get("sigma_max_rel_err")
-            rows.append(("distortion" if k == "diffaudit_jvp" else "", f"{k}: {fmt(sp[k]['min'])}x vs per-column "
-                         f"({fmt(sp[k]['median'])}), sigma err {fmt(err, 5) if err is not None else '-'}",
+            rows.append(("distortion" if i == 0 else "", f"{k} ({prods[k]} products): {fmt(sp[k]['min'])}x vs per-column "
+                         f"({fmt(sp[k]['median'])}), sigma err {f'{err:.1e}' if err is not None else '-'}",
                          r["target"] if k == r["headline_setting"] else "", str(r["target_met"]) if k == r["headline_setting"] else "",
                          fmt(r["samples"] / r["times"][k]["min_s"], 3), ""))
         if acc:
-            rows.append(("", f"reference sigma err {fmt(acc['reference_per_column']['sigma_max_rel_err'], 5)}",
+            rows.append(("", f"reference ({prods['reference_per_column']} products) sigma err "
+                         f"{acc['reference_per_column']['sigma_max_rel_err']:.1e}",
                          "", "", fmt(r["samples"] / r["times"]["reference_per_column"]["min_s"], 3), ""))
     if "sweep" in results:
         r = results["sweep"]
