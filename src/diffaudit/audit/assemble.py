@@ -24,8 +24,10 @@ def bank_columns(bank: list[MaskId], k: int) -> dict:
 def metric_rows(attack: str, stats: np.ndarray, member: np.ndarray, grid: list[int], bank: list[MaskId]) -> list[dict]:
     """protocol "all": every (mask, t) on all samples; random/channel draws as mean and std."""
     N, T, M = stats.shape
-    mm = metrics_matrix(-stats.reshape(N, T * M), member)
-    mm = {m: v.reshape(T, M) for m, v in mm.items()}
+    flat = stats.reshape(N, T * M)
+    step = max(1, 2**17 // N)  # column blocks bound the sort's working memory (~1 MiB per array)
+    blocks = [metrics_matrix(-flat[:, s:s + step], member) for s in range(0, T * M, step)]
+    mm = {m: np.concatenate([b[m] for b in blocks]).reshape(T, M) for m in blocks[0]}
     rows = []
     groups: dict[tuple, list[int]] = {}
     for j, m in enumerate(bank):

@@ -165,7 +165,8 @@ def _attack_statistics(model, z, cond, keys, config: AuditConfig, masks: torch.T
                 hf[attack][:, hf_ts.index(t), :] = _hf_statistics(model, z, vec, t, x_ref, config, bs)
     except NonFiniteError as e:
         raise NonFiniteError(f"{e} (chunk samples: {_short(keys)})") from None
-    out = {f"stats__{a}": s.numpy() for a, s in stats.items()}
+    # float32 on disk and in the gathered arrays: half the memory, and far below any AUC tie.
+    out = {f"stats__{a}": s.numpy().astype(np.float32) for a, s in stats.items()}
     out.update({f"hf__{a}": h.numpy() for a, h in hf.items()})
     return out
 
