@@ -152,7 +152,7 @@ PRESETS: dict[str, Preset] = {
             n_members=1000,
             n_holdout=1000,
             vae_type="kl",
-            vae_config=_kl_vae((16, 32, 32), groups=8, resolution=32),  # 32→16→8
+            vae_config=_kl_vae((16, 32, 32), layers=2, groups=8, resolution=32),  # 32→16→8; 2 layers as digits
             beta_kl=1e-3,  # all channels live at 32² (issue 9 prototype); not re-measured here
             vae_batch=64,
             vae_steps=1000,
