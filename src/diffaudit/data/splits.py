@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .._io import atomic_write_bytes
 from ..errors import DataError
 from .sources import Source, open_source
 
@@ -93,17 +92,7 @@ def make_split(source: Source, n_members: int, n_heldout: int, seed: int = 0) ->
 def write_split(split: Split, path) -> Path:
     """Atomic write (temp file, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(_dumps(split.to_json()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, _dumps(split.to_json()).encode())
     split.path = path
     return path
 
