@@ -9,9 +9,8 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError
 
@@ -46,7 +45,6 @@ class AuditConfig:
     batch_size: int = 64  # samples per forward batch (does not change results)
     seed: int = 0
     cond: str = "auto"  # "auto" | "none" | "caption" | "label"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     # Fields that change how fast, not what: left out of the config hash.
     _NOT_HASHED = ("batch_size",)

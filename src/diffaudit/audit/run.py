@@ -11,7 +11,7 @@ import gc
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -67,7 +67,6 @@ class PassTiming:
     encode_s: float = 0.0
     geometry_s: float = 0.0
     attacks_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def _in_batches(fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
