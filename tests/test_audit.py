@@ -136,6 +136,9 @@ def test_audit_end_to_end_resumes_and_ignores_batching(tmp_path):
     row = r["protocols"]["calibrated"]["per_attack"]["sima"]
     assert 0 <= row["filtered"]["auc"] <= 1 and len(row["filtered"]["auc_ci"]) == 2
     assert r["findings"] and all("sentence" in f for f in r["findings"])
+    d = row["diff_reverse_unfiltered"]
+    assert d["auc"] == pytest.approx(row["reverse"]["auc"] - row["unfiltered"]["auc"])
+    assert d["auc_ci"][0] <= d["auc_ci"][1]
     # The stored statistics agree with a direct computation of the attack for one sample.
     from diffaudit import attacks
 

@@ -162,6 +162,12 @@ def summarise_attack(stats: np.ndarray, member: np.ndarray, grid: list[int], col
             d[m] = float(f_pt - o_pt)
             d[m + "_ci"] = ci(f_bt - o_bt)
         rows[key] = d
+    d = {}
+    for m in METRICS:  # paired, like the filter's differences: reverse − unfiltered on the same resamples
+        r_j, u_j = col("reverse", m), col("none", m)
+        d[m] = float(point[m][r_j] - point[m][u_j])
+        d[m + "_ci"] = ci(boot[m][:, r_j] - boot[m][:, u_j])
+    rows["diff_reverse_unfiltered"] = d
     rows["n_eval"] = {"members": int(y_ev.sum()), "heldout": int((~y_ev).sum())}
     rows["t_unfiltered_auc"] = grid[ti_u]
     return rows
