@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-AUDIT_OVERRIDES = dict(svd_rank=4, svd_oversample=4, svd_power_iters=1, bootstrap=200)
+AUDIT_OVERRIDES = dict(svd_rank=4, svd_block_size=4, svd_power_iters=1, bootstrap=200)
 
 
 def _maxrss_mib() -> float:

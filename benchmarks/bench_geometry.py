@@ -147,33 +147,35 @@ def _errors(sv: torch.Tensor, truth: torch.Tensor, rank: int) -> dict:
 
 
 # diffaudit settings timed against the reference, by name: the paper's Algorithm 1 batched
-# (same algorithm and start matrix as the reference: same numbers), with forward-mode JVPs or
-# central differences (2 forwards per J·v); the library's defaults; and block Krylov with
-# blocks of 10 columns and 11 blocks (210 products) by central differences.
+# (same algorithm, q and start matrix as the reference: same numbers), with forward-mode JVPs
+# or central differences (2 forwards per J·v); the library's defaults (block Krylov, blocks of
+# 10 columns, 11 blocks = 210 products, central differences); the defaults with forward mode.
 DISTORTION_SETTINGS = {
-    "alg1_jvp": {"algorithm": "subspace"},
+    "alg1_jvp": {"algorithm": "subspace", "method": "jvp"},
     "alg1_fd": {"algorithm": "subspace", "method": "fd"},
     "default": {},
-    "krylov_b10_q10_fd": {"method": "fd", "algorithm": "block_krylov", "block_size": 10, "power_iters": 10},
+    "default_jvp": {"method": "jvp"},
 }
 
 
-def _resolved(settings: dict, rank: int, over: int, q: int) -> dict:
+def _resolved(settings: dict, rank: int, over: int) -> dict:
     """The settings with the library's defaults filled in (they may change between versions)."""
     import inspect
 
+    from diffaudit.geometry.svd import resolve_svd_options
+
     params = inspect.signature(geometry.singular_values).parameters
-    out = {k: p.default for k, p in params.items() if k in ("method", "algorithm", "block_size")}
-    out.update(rank=rank, oversample=over, power_iters=q)
+    out = {k: p.default for k, p in params.items() if k in ("method", "algorithm", "block_size", "power_iters")}
+    out.update(rank=rank, oversample=over)
     out.update(settings)
+    out["power_iters"], out["block_size"] = resolve_svd_options(out["algorithm"], out["power_iters"], out["block_size"])
     return out
 
 
 def _products(s: dict, d: int) -> int:
-    width = min(s["rank"] + s["oversample"], d)
     if s["algorithm"] == "block_krylov":
-        return min(s["block_size"] or width, d) * (2 * s["power_iters"] + 1)
-    return (2 * s["power_iters"] + 2) * width
+        return min(s["block_size"], d) * (2 * s["power_iters"] + 1)
+    return (2 * s["power_iters"] + 2) * min(s["rank"] + s["oversample"], d)
 
 
 def bench_distortion(device: str, size: str, quick: bool) -> dict:
@@ -190,7 +192,7 @@ def bench_distortion(device: str, size: str, quick: bool) -> dict:
     settings = dict(DISTORTION_SETTINGS)
     if gpu:  # the default chunking vs 64 decoder inputs per call
         settings["default_batch64"] = {"max_batch": 64}
-    settings = {k: _resolved(v, rank, over, q) for k, v in settings.items()}
+    settings = {k: _resolved(v, rank, over) for k, v in settings.items()}
 
     def ours(name):
         return geometry.singular_values(decode, z, generator=_gens(n, "distortion"), **settings[name])

@@ -107,7 +107,7 @@ def _tiny_model():
 
 def _tiny_config(**kw):
     base = dict(timesteps={"sima": [0, 20], "loss": [20], "pia": [20], "secmi": [0, 20]}, k=40, k_sweep=(0, 40),
-                n_random=3, n_probes=2, svd_rank=2, svd_oversample=2, svd_power_iters=1, bootstrap=20,
+                n_random=3, n_probes=2, svd_rank=2, svd_block_size=2, svd_power_iters=1, bootstrap=20,
                 hf_timesteps=(20,), strata_random=2, chunk_size=6, batch_size=6)
     base.update(kw)
     return from_dict(base)

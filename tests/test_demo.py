@@ -10,7 +10,7 @@ from diffaudit.audit.plan import from_dict
 @pytest.mark.slow
 def test_reduced_demo_end_to_end(tmp_path):
     cfg = from_dict(dict(timesteps={"sima": [0, 50], "loss": [50], "pia": [50], "secmi": [0]}, k_sweep=(0, 40),
-                         n_random=2, n_probes=2, svd_rank=2, svd_oversample=2, svd_power_iters=1, bootstrap=20,
+                         n_random=2, n_probes=2, svd_rank=2, svd_block_size=2, svd_power_iters=1, bootstrap=20,
                          hf_timesteps=(50,), strata_random=2, chunk_size=8))
     kw = dict(out_dir=tmp_path / "r", n_members=12, vae_steps=3, unet_steps=3, config=cfg, progress=False,
               log=lambda m: None)

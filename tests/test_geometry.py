@@ -92,14 +92,14 @@ def test_influence_is_half_log_diag(dec, z, J):
 @pytest.mark.parametrize("method", ["jvp", "fd"])
 def test_singular_values_match_svdvals(dec, z, J, method, algorithm):
     truth = torch.linalg.svdvals(J)
-    # The paper's defaults K=20, p=30, q=2 (block_krylov: 3 blocks of 50, capped at d = 64).
+    # Defaults: subspace K=20, p=30, q=2 (the paper's); block_krylov 11 blocks of 10 (capped at d = 64).
     sv = singular_values(dec, z, method=method, algorithm=algorithm, generator=gens(3))
     assert sv.shape == (3, 20)
     assert torch.all(sv[:, :-1] >= sv[:, 1:])
     assert ((sv - truth[:, :20]).abs() / truth[:, :20]).max() < 1e-3
     # ℓ = d: the sketch spans the whole latent space, exact up to float (and O(h²) for fd) error.
     full = singular_values(dec, z, rank=64, oversample=0, power_iters=0, method=method, algorithm=algorithm,
-                           generator=gens(3))
+                           block_size=64, generator=gens(3))
     torch.testing.assert_close(full, truth, rtol=1e-8, atol=0)
 
 
@@ -113,7 +113,8 @@ def test_block_krylov_matches_svdvals(dec, z, J):
 
 def test_distortion_topk_is_sum_log_top_singular_values(dec, z, J):
     truth = torch.log(torch.linalg.svdvals(J)[:, :20]).sum(dim=1)
-    est = distortion(dec, z, rank=20, oversample=44, power_iters=0, generator=gens(3))
+    est = distortion(dec, z, rank=20, oversample=44, power_iters=0, method="jvp", algorithm="subspace",
+                     generator=gens(3))
     torch.testing.assert_close(est, truth, rtol=1e-10, atol=0)
 
 
@@ -151,9 +152,10 @@ def test_distortion_slq_matches_slogdet(dec, z, J, probe):
 def test_batched_equals_one_at_a_time_and_chunk_sizes(dec, z):
     calls = {
         "diag": lambda zz, g, **kw: jacobian_diag(dec, zz, n_probes=3, generator=g, **kw),
-        "sv_jvp": lambda zz, g, **kw: singular_values(dec, zz, rank=4, oversample=2, power_iters=1, generator=g, **kw),
+        "sv_jvp": lambda zz, g, **kw: singular_values(dec, zz, rank=4, oversample=2, power_iters=1, method="jvp",
+                                                      algorithm="subspace", generator=g, **kw),
         "sv_fd": lambda zz, g, **kw: singular_values(dec, zz, rank=4, oversample=2, power_iters=1, method="fd",
-                                                     generator=g, **kw),
+                                                     algorithm="subspace", generator=g, **kw),
         "bk": lambda zz, g, **kw: singular_values(dec, zz, rank=4, block_size=3, power_iters=2,
                                                   algorithm="block_krylov", generator=g, **kw),
         "slq": lambda zz, g, **kw: distortion(dec, zz, estimator="slq", slq_probes=3, slq_steps=5, generator=g, **kw),
@@ -177,7 +179,8 @@ def test_float32_runs_and_agrees(dec, z, J):
     torch.testing.assert_close(est.double(), J.square().sum(1).reshape(z.shape), rtol=1e-4, atol=0)
     truth = torch.linalg.svdvals(J)[:, :5]
     for method in ("jvp", "fd"):  # fd's default step for float32 is eps^(1/3) ≈ 5e-3
-        sv = singular_values(d32, z32, rank=5, oversample=59, power_iters=0, method=method, generator=gens(3))
+        sv = singular_values(d32, z32, rank=5, oversample=59, power_iters=0, method=method,
+                                 algorithm="subspace", generator=gens(3))
         torch.testing.assert_close(sv.double(), truth, rtol=1e-3, atol=0)
 
 
@@ -199,7 +202,7 @@ def test_autoencoderkl_jvp_and_fd_match_full_jacobian(vae):
     out = {}
     for method in ("jvp", "fd"):
         out[method] = singular_values(decode, zz, rank=6, oversample=58, power_iters=0, method=method,
-                                      generator=gens(2))
+                                      algorithm="subspace", generator=gens(2))
         torch.testing.assert_close(out[method], truth, rtol=1e-7, atol=0)
     torch.testing.assert_close(out["jvp"], out["fd"], rtol=1e-7, atol=0)
     names = {type(m.processor).__name__ for m in vae.modules() if hasattr(m, "set_processor")}

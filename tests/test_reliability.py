@@ -23,7 +23,7 @@ from diffaudit.errors import DiffauditError
 
 N_MEMBERS = 10  # 10 + 10 samples in chunks of 2: 10 chunks
 TINY_CONFIG = dict(timesteps={"sima": [0, 20], "loss": [20], "pia": [20], "secmi": [0, 20]}, k=40, k_sweep=[0, 40],
-                   n_random=2, n_probes=2, svd_rank=2, svd_oversample=2, svd_power_iters=1, bootstrap=20,
+                   n_random=2, n_probes=2, svd_rank=2, svd_block_size=2, svd_power_iters=1, bootstrap=20,
                    hf_timesteps=[20], strata_random=2, chunk_size=2, batch_size=2)
 
 

@@ -24,7 +24,8 @@ from .store import ChunkStore, atomic_write_json
 
 __all__ = ["AuditConfig", "AuditResult", "SampleSet", "compute_results", "load_config", "model_folder_hash", "run_audit"]
 
-_GEOMETRY_FIELDS = ("n_probes", "svd_rank", "svd_oversample", "svd_power_iters", "svd_method",
+_GEOMETRY_FIELDS = ("n_probes", "svd_rank", "svd_oversample", "svd_power_iters", "svd_method", "svd_algorithm",
+                    "svd_block_size",
                     "distortion_estimator", "chunk_size", "seed")
 
 

@@ -17,7 +17,7 @@ DEMOS = {"digits": ("digits", "digits"), "fashion-mnist": ("fashion-mnist", "fas
 # A reduced demo for tests and quick looks: fewer samples, steps and timesteps.
 QUICK = {"n": 64, "vae_steps": 30, "unet_steps": 30,
          "config": dict(t_max=60, t_stride=20, n_random=3, k_sweep=(0, 40, 80), bootstrap=100,
-                        svd_rank=4, svd_oversample=4, svd_power_iters=1, hf_timesteps=(20, 40), strata_random=3)}
+                        svd_rank=4, svd_block_size=4, svd_power_iters=1, hf_timesteps=(20, 40), strata_random=3)}
 
 
 def run_demo(out_dir: str | Path = "diffaudit-report", data: str = "digits", seed: int = 0, quick: bool = False,
@@ -45,7 +45,7 @@ def run_demo(out_dir: str | Path = "diffaudit-report", data: str = "digits", see
     # Central differences: on a CPU they cost ~2 decoder forwards per Jacobian product where a
     # forward-mode JVP costs ~6 (measured on the digits decoder: 35 s vs 66 s per 64 samples),
     # and agree with the JVP route to ~1e-4 in log-volume.
-    config = config or AuditConfig(seed=seed, svd_method="fd")
+    config = config or AuditConfig(seed=seed)
 
     t0 = time.perf_counter()
     # 1. The split: members / held-out files with content hashes (reused when already there).

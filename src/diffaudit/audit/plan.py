@@ -30,9 +30,11 @@ class AuditConfig:
     n_random: int = 10  # draws of the random and channel-matched controls
     n_probes: int = 8  # Hutchinson probes for influence
     svd_rank: int = 20
-    svd_oversample: int = 30
-    svd_power_iters: int = 2
-    svd_method: str = "jvp"
+    svd_method: str = "fd"  # J·v by central differences ("fd") or forward mode ("jvp")
+    svd_algorithm: str = "block_krylov"  # or "subspace": the paper's Algorithm 1
+    svd_power_iters: int | None = None  # None: 10 (block_krylov) / 2 (subspace)
+    svd_block_size: int | None = None  # block_krylov's block (None: 10)
+    svd_oversample: int = 30  # subspace only: ℓ = rank + oversample columns
     distortion_estimator: str = "topk"
     hf_filter: bool = True  # App. F high-frequency-filter variant of Loss and PIA
     hf_timesteps: tuple[int, ...] = (50, 100, 150, 200, 250)
@@ -100,6 +102,14 @@ def _validate(c: AuditConfig) -> None:
         raise ConfigError(f"calibration_fraction must be in (0, 1), got {c.calibration_fraction}")
     if c.svd_method not in ("jvp", "fd"):
         raise ConfigError(f"svd_method must be 'jvp' or 'fd', got {c.svd_method!r}")
+    if c.svd_algorithm not in ("block_krylov", "subspace"):
+        raise ConfigError(f"svd_algorithm must be 'block_krylov' or 'subspace', got {c.svd_algorithm!r}")
+    if c.svd_oversample < 0:
+        raise ConfigError(f"svd_oversample must be >= 0, got {c.svd_oversample}")
+    for name, low in (("svd_power_iters", 0), ("svd_block_size", 1)):
+        v = getattr(c, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ConfigError(f"{name} must be an integer >= {low} (or null for the default), got {v!r}")
     if c.distortion_estimator not in ("topk", "slq"):
         raise ConfigError(f"distortion_estimator must be 'topk' or 'slq', got {c.distortion_estimator!r}")
     if c.cond not in ("auto", "none", "caption", "label"):
@@ -115,6 +125,7 @@ def _validate(c: AuditConfig) -> None:
 
 
 _TUPLES = ("attacks", "k_sweep", "hf_timesteps")
+_OPTIONAL_INTS = ("svd_power_iters", "svd_block_size")
 
 
 def from_dict(d: dict, source: str = "config") -> AuditConfig:
@@ -152,6 +163,10 @@ def from_dict(d: dict, source: str = "config") -> AuditConfig:
 def _coerce(name: str, value, source: str):
     f = {f.name: f for f in dataclasses.fields(AuditConfig)}[name]
     default = f.default if f.default is not dataclasses.MISSING else None
+    if name in _OPTIONAL_INTS:
+        if value is None:
+            return None
+        default = 0  # coerce as an int below
     try:
         if isinstance(default, bool):
             if not isinstance(value, bool):

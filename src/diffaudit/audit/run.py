@@ -109,6 +109,7 @@ def compute_chunk(model, images: torch.Tensor, cond, keys: Sequence[str], config
             dist_parts.append(geometry.distortion(
                 decode, zp, rank=config.svd_rank, oversample=config.svd_oversample,
                 power_iters=config.svd_power_iters, method=config.svd_method,
+                algorithm=config.svd_algorithm, block_size=config.svd_block_size,
                 estimator=config.distortion_estimator, generator=gens,
             ).detach())
         infl, dist = torch.cat(infl_parts), torch.cat(dist_parts)

@@ -14,8 +14,8 @@ from .svd import _check_sv_args, singular_values
 ESTIMATORS = ("topk", "slq")
 
 
-def distortion(decode, z: torch.Tensor, rank: int = 20, oversample: int = 30, power_iters: int = 2,
-               method: str = "jvp", h: float | None = None, generator: GeneratorArg = None,
+def distortion(decode, z: torch.Tensor, rank: int = 20, oversample: int = 30, power_iters: int | None = None,
+               method: str = "fd", h: float | None = None, generator: GeneratorArg = None,
                estimator: str = "topk", *, algorithm: str = "block_krylov", block_size: int | None = None,
                slq_probes: int = 16, slq_steps: int = 30, slq_probe: str = "rademacher",
                max_batch: int | None = None, vjp_mode: str = "auto") -> torch.Tensor:
