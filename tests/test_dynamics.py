@@ -283,6 +283,29 @@ def test_cli_end_to_end_resume_and_refusal(tmp_path, capsys):
     assert e.value.code == 2 and "other settings" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("dtype,rtol", [("float16", 2e-3), ("bfloat16", 2e-2)])
+def test_reduced_precision_unet_agrees_with_float32(tmp_path, dtype, rtol):
+    """A half-precision UNet (as on a GPU with --dtype float16) gives the float32 curves to its
+    precision. Run on CPU here: it checks the dtype plumbing (casts in, float32 ε̂ out), not GPU speed."""
+    from diffaudit.analysis.dynamics.prompts import PromptItem
+    from diffaudit.models import LatentDiffusion
+    from diffaudit.models.tiny import save_tiny_model_folder
+
+    folder = save_tiny_model_folder(tmp_path / "m", kind="text")
+    items = [PromptItem("p0", "a photo of a cat"), PromptItem("p1", "a dog")]
+    cfg = dict(seeds=2, steps=4, delays=(2,))
+    out = {}
+    for dt in ("float32", dtype):
+        model = LatentDiffusion.from_pretrained(folder, dtype=dt)
+        dyn.run_dynamics(model, items, tmp_path / dt, config=dyn.DynamicsConfig(**cfg), progress=False, plots=False)
+        out[dt] = json.loads((tmp_path / dt / "prompts" / "p0.json").read_text())["guided"]
+    for key in ("w0_mean", "wT_mean", "wen_curve", "diversity"):
+        ref, got = np.asarray(out["float32"][key], float), np.asarray(out[dtype][key], float)
+        assert np.isfinite(got).all()
+        scale = np.abs(ref).max()
+        assert np.abs(got - ref).max() <= rtol * scale, (key, np.abs(got - ref).max(), scale)
+
+
 # -- the issue's toy: a tiny text-conditioned model that memorizes a few prompt → image pairs --
 
 def _train_toy(steps=600, rep=30, n_mem=6, n_ctl=6, n_gen=400, batch=64, lr=2e-3):
