@@ -97,14 +97,15 @@ def summarise_attack(stats: np.ndarray, member: np.ndarray, grid: list[int], col
     stats: [N, T, M] statistics (lower = member); cols: {"none": j, "influence": j, "reverse": j,
     "random": [j...], "channel": [j...]} column indices of the mask bank at the default k.
     """
-    scores = -stats
     if protocol == "calibrated":
         cal, ev = calibration
     else:
         cal = ev = np.ones(len(member), dtype=bool)
 
+    # Scores (= −stats) are taken one [N, T] or [N] slice at a time: negating or indexing the
+    # whole [N, T, M] array would hold a second copy of the audit's largest array.
     def per_t(col):  # metrics over t for one mask column, on the selection fold
-        return metrics_matrix(scores[cal][:, :, col], member[cal])
+        return metrics_matrix(-stats[:, :, col][cal], member[cal])
 
     chosen = {}  # setting -> {metric: t index}
     for setting in ("none", "influence", "reverse"):
@@ -118,16 +119,16 @@ def summarise_attack(stats: np.ndarray, member: np.ndarray, grid: list[int], col
     ti_u = chosen["none"]["auc"]
 
     # Columns evaluated on the evaluation fold, with one shared bootstrap (paired differences).
-    S_ev, y_ev = scores[ev], member[ev]
+    y_ev = member[ev]
     names, columns = [], []
     for setting in ("none", "influence", "reverse"):
         for m in METRICS:
             names.append((setting, m))
-            columns.append(S_ev[:, chosen[setting][m], cols[setting]])
+            columns.append(-stats[:, chosen[setting][m], cols[setting]][ev])
     ctrl = {}
     for setting in ("random", "channel"):
         ctrl[setting] = (len(columns), len(cols[setting]))
-        columns.extend(S_ev[:, ti_f, j] for j in cols[setting])
+        columns.extend(-stats[:, ti_f, j][ev] for j in cols[setting])
     C = np.stack(columns, axis=1)
     point = metrics_matrix(C, y_ev)
     boot = bootstrap_columns(C, y_ev, n_boot, seed)

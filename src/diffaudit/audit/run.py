@@ -267,15 +267,20 @@ def _release_memory() -> None:
 
 
 def gather(samples: SampleSet, config: AuditConfig, geometry_store: ChunkStore, attack_store: ChunkStore) -> dict:
-    """Concatenate all chunks in sample order; error if any is missing (a rank did not finish)."""
+    """All chunks in sample order, each array filled in place (peak = the result plus one chunk,
+    not twice the result); error if any chunk is missing (a rank did not finish)."""
     from ..errors import DataError
 
-    parts: dict[str, list] = {}
-    for i, (s, e) in enumerate(chunk_ranges(len(samples), config.chunk_size)):
+    out: dict[str, np.ndarray] = {}
+    n = len(samples)
+    for i, (s, e) in enumerate(chunk_ranges(n, config.chunk_size)):
         ids = np.arange(s, e)
         g, a = geometry_store.done(i, ids), attack_store.done(i, ids)
         if g is None or a is None:
             raise DataError(f"{attack_store.root}: chunk {i} (samples {s}..{e - 1}) is missing; rerun to complete it")
         for k, v in {**{k: v for k, v in g.items() if k != "id"}, **a}.items():
-            parts.setdefault(k, []).append(v)
-    return {k: np.concatenate(v) for k, v in parts.items()}
+            if k not in out:
+                out[k] = np.empty((n, *v.shape[1:]), dtype=v.dtype)
+            out[k][s:e] = v
+        del g, a
+    return out
