@@ -101,3 +101,18 @@ def test_bad_shapes():
         distortion_strata_over_t(ms, hs, np.r_[md[:-1], np.nan], hd)
     with pytest.raises(InputError, match="1-D"):
         distortion_strata(ms, hs, md, hd)
+
+
+def test_strata_finding_verdicts_follow_the_band():
+    """'shows' > 2 std above the random band; 'does not show' only > 2 std below it at every t."""
+    from diffaudit.audit.findings import strata_finding
+
+    def finding(top, band_std=0.01):
+        q = [[0.80, 0.80, 0.80, x] for x in top]
+        s = {"t": [10, 20], "quartile_auc": q, "random_mean": [0.80, 0.80], "random_std": [band_std, band_std]}
+        return strata_finding({"sima": s}, "sima")["shows"]
+
+    assert finding([0.85, 0.79]) is True  # +5 std at t = 10
+    assert finding([0.795, 0.79]) is None  # reversed order, but inside the band: noise
+    assert finding([0.81, 0.70]) is None  # +1 std at best
+    assert finding([0.75, 0.70]) is False  # below the band by > 2 std at every t
