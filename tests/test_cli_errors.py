@@ -171,22 +171,12 @@ def test_folder_that_is_not_a_diffusers_model(case, capsys):
     assert_one_error_line(*case.run(capsys)[::2], "unet/config.json: not a diffusers UNet config")
 
 
-class _Payload:
-    """Unpickling this creates a file: it stands in for arbitrary code in a checkpoint."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def test_pickled_only_checkpoint_is_refused(case, capsys):
+def test_pickled_only_checkpoint_is_refused(case, capsys, pickle_payload):
     bad = case.root / "pickled"
     shutil.copytree(case.model, bad)
     (bad / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     marker = case.root / "payload-ran"
-    torch.save({"conv_in.weight": _Payload(str(marker))}, bad / "unet" / "diffusion_pytorch_model.bin")
+    torch.save({"conv_in.weight": pickle_payload(marker)}, bad / "unet" / "diffusion_pytorch_model.bin")
     case.model = bad
     assert_one_error_line(*case.run(capsys)[::2], "pickled/unet: cannot load UNet weights", "pickled weights refused")
     assert not marker.exists()

@@ -209,17 +209,7 @@ def test_bad_model_folders_name_the_path(tmp_path, folders):
         LatentDiffusion.from_pretrained(bad)
 
 
-class _Evil:
-    """A pickle that creates a file when unpickled (stands in for arbitrary code)."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def test_pickled_weights_never_run_code(tmp_path, folders):
+def test_pickled_weights_never_run_code(tmp_path, folders, pickle_payload):
     d = tmp_path / "pickled"
     shutil.copytree(folders["pixel"], d)
     st = d / "unet" / "diffusion_pytorch_model.safetensors"
@@ -234,7 +224,7 @@ def test_pickled_weights_never_run_code(tmp_path, folders):
     torch.testing.assert_close(m.eps(x, 3), LatentDiffusion.from_pretrained(folders["pixel"]).eps(x, 3))
     # a crafted pickle is refused, reported with its folder, and its payload never runs
     marker = tmp_path / "pwned"
-    torch.save({"conv_in.weight": _Evil(str(marker))}, d / "unet" / "diffusion_pytorch_model.bin")
+    torch.save({"conv_in.weight": pickle_payload(marker)}, d / "unet" / "diffusion_pytorch_model.bin")
     with pytest.raises(ModelError, match=r"pickled/unet: cannot load UNet weights \(pickled weights refused"):
         LatentDiffusion.from_pretrained(d)
     assert not marker.exists()
@@ -266,12 +256,12 @@ def test_condition_unet_with_class_embedding_only():
     torch.testing.assert_close(m.uncond(2), torch.tensor([4, 4]))
 
 
-def test_pickled_text_encoder_is_refused(tmp_path):
+def test_pickled_text_encoder_is_refused(tmp_path, pickle_payload):
     pytest.importorskip("transformers")
     d = save_tiny_model_folder(tmp_path / "sd", "text")
     (d / "text_encoder" / "model.safetensors").unlink()
     marker = tmp_path / "pwned"
-    torch.save({"text_model.embeddings.token_embedding.weight": _Evil(str(marker))}, d / "text_encoder" / "pytorch_model.bin")
+    torch.save({"text_model.embeddings.token_embedding.weight": pickle_payload(marker)}, d / "text_encoder" / "pytorch_model.bin")
     with pytest.raises(ModelError, match=r"sd/text_encoder: cannot load text encoder \(pickled weights refused"):
         LatentDiffusion.from_pretrained(d)
     assert not marker.exists()

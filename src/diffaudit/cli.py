@@ -5,7 +5,6 @@ Each command imports its library module lazily so `diffaudit --help` stays fast.
 from __future__ import annotations
 
 import os
-
 import sys
 import traceback
 from pathlib import Path

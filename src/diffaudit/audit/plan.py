@@ -77,6 +77,7 @@ class AuditConfig:
 
 def _validate(c: AuditConfig) -> None:
     from ..attacks import ATTACKS
+    from ..geometry import svd
 
     for a in c.attacks:
         if a not in ATTACKS:
@@ -100,10 +101,9 @@ def _validate(c: AuditConfig) -> None:
         raise ConfigError(f"need hf_scale >= 0 and active_nats > 0, got {c.hf_scale} and {c.active_nats}")
     if not 0 < c.calibration_fraction < 1:
         raise ConfigError(f"calibration_fraction must be in (0, 1), got {c.calibration_fraction}")
-    if c.svd_method not in ("jvp", "fd"):
-        raise ConfigError(f"svd_method must be 'jvp' or 'fd', got {c.svd_method!r}")
-    if c.svd_algorithm not in ("block_krylov", "subspace"):
-        raise ConfigError(f"svd_algorithm must be 'block_krylov' or 'subspace', got {c.svd_algorithm!r}")
+    for name, known in (("svd_method", svd.METHODS), ("svd_algorithm", svd.ALGORITHMS)):
+        if getattr(c, name) not in known:
+            raise ConfigError(f"{name} must be one of {', '.join(known)}; got {getattr(c, name)!r}")
     if c.svd_oversample < 0:
         raise ConfigError(f"svd_oversample must be >= 0, got {c.svd_oversample}")
     for name, low in (("svd_power_iters", 0), ("svd_block_size", 1)):
