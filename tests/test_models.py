@@ -143,7 +143,7 @@ def test_text_pipeline_with_captions_from_metadata(tmp_path):
     write_tiny_clip_tokenizer_files(d / "tokenizer")
     (d / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 16}))
     m = LatentDiffusion.from_pretrained(d)
-    assert m.conditioning == "text"
+    assert m.conditioning == "caption"
     # captions come from an image folder's metadata.jsonl (HF imagefolder convention)
     imgs = tmp_path / "imgs"
     imgs.mkdir()
@@ -209,7 +209,9 @@ def test_bad_model_folders_name_the_path(tmp_path, folders):
         LatentDiffusion.from_pretrained(bad)
 
 
-def test_pickled_weights_never_run_code(tmp_path, folders, pickle_payload):
+def test_pickled_weights_are_refused_before_loading(tmp_path, folders, pickle_payload):
+    """Only safetensors load: a folder with pickled weights alone is refused naming the file,
+    whether the pickle is a plain state dict or carries code (which never runs)."""
     d = tmp_path / "pickled"
     shutil.copytree(folders["pixel"], d)
     st = d / "unet" / "diffusion_pytorch_model.safetensors"
@@ -217,16 +219,22 @@ def test_pickled_weights_never_run_code(tmp_path, folders, pickle_payload):
 
     state = load_file(st)
     st.unlink()
-    # a plain state dict in a .bin loads (torch.load(weights_only=True)) and gives the same model
     torch.save(state, d / "unet" / "diffusion_pytorch_model.bin")
-    m = LatentDiffusion.from_pretrained(d)
-    x = torch.randn(1, 3, 16, 16)
-    torch.testing.assert_close(m.eps(x, 3), LatentDiffusion.from_pretrained(folders["pixel"]).eps(x, 3))
-    # a crafted pickle is refused, reported with its folder, and its payload never runs
+    with pytest.raises(ModelError, match=r"pickled/unet: cannot load UNet weights \(pickled weights refused: "
+                                         r"diffusion_pytorch_model.bin is a pickle"):
+        LatentDiffusion.from_pretrained(d)
     marker = tmp_path / "pwned"
     torch.save({"conv_in.weight": pickle_payload(marker)}, d / "unet" / "diffusion_pytorch_model.bin")
     with pytest.raises(ModelError, match=r"pickled/unet: cannot load UNet weights \(pickled weights refused"):
         LatentDiffusion.from_pretrained(d)
+    assert not marker.exists()
+    # a .bin next to the safetensors is ignored (use_safetensors=True), not refused
+    from safetensors.torch import save_file
+
+    save_file(state, st)
+    x = torch.randn(1, 3, 16, 16)
+    torch.testing.assert_close(LatentDiffusion.from_pretrained(d).eps(x, 3),
+                               LatentDiffusion.from_pretrained(folders["pixel"]).eps(x, 3))
     assert not marker.exists()
 
 
@@ -248,7 +256,7 @@ def test_condition_unet_with_class_embedding_only():
 
     unet = tiny_unet2d_condition(num_class_embeds=5)
     m = LatentDiffusion(unet=unet, scheduler=tiny_scheduler(), null_label=4)
-    assert m.conditioning == "class" and m.encode(torch.zeros(1, 4, 8, 8)).shape == (1, 4, 8, 8)
+    assert m.conditioning == "label" and m.encode(torch.zeros(1, 4, 8, 8)).shape == (1, 4, 8, 8)
     z, t = torch.randn(2, 4, 8, 8), torch.tensor([7, 9])
     with torch.no_grad():
         ref = unet(z, t, encoder_hidden_states=torch.zeros(2, 1, 32), class_labels=torch.tensor([0, 3])).sample

@@ -1,124 +1,149 @@
-"""`LatentDiffusion`: one interface over diffusers VAEs/VQ/UNets, SD pipelines and pixel space.
+"""`LatentDiffusion`: the base adapter every model family subclasses (docs/models.md).
 
-Conventions (SPEC §0, docs/contracts.md):
+The shared part lives here: the first stage (VAE / VQ / identity), the schedule, shape and
+timestep checks, the condition dispatch, and the ε̂ entry point. A family subclass (in
+`models.families`) says only how its denoiser is called, as k-diffusion's `external.py`
+wrappers override how ε̂ is obtained; `models.registry.FAMILIES` chooses the subclass from the
+denoiser's class and config. `LatentDiffusion(...)` and `LatentDiffusion.from_pretrained(...)`
+return an instance of the right subclass.
+
+Conventions (docs/contracts.md §Models):
 - `encode(x)` = s·(E(x) − shift) with s the VAE's scaling factor (posterior mean by default).
-  VQModel: the *pre-quantization* latent (diffusers' `VQModel.encode(x).latents`, which is
-  also what CompVis LDMs train their UNet on); quantization happens in `decode`.
-- `decode(z)` = D(z/s + shift), float32 and differentiable. VQModel: quantize, then decode
-  (diffusers' `VQModel.decode`). The geometry of a VQ decoder is taken *after* quantization
-  (SPEC §5, App. E): use `geometry_decode` at the point `geometry_point(z)`, which for VQ are
-  `decode_quantized` (no quantizer) at `quantize(z)`; for the others, `decode` at z.
-- `eps(z_t, t, cond)` runs the UNet in its dtype and returns float32 ε̂;
-  `v_prediction` is converted: ε = √ᾱ_t·v + √(1−ᾱ_t)·z_t.
+  VQModel: the *pre-quantization* latent (diffusers' `VQModel.encode(x).latents`, what CompVis
+  LDMs train their UNet on); quantization happens in `decode`.
+- `decode(z)` = D(z/s + shift), float32 and differentiable. The geometry of a VQ decoder is taken
+  *after* quantization (arXiv:2511.20592 App. E): `geometry_decode` at `geometry_point(z)`.
+- `eps(z_t, t, cond)` runs the denoiser in its dtype and returns float32 ε̂; v-prediction is
+  converted (ε = √ᾱ_t·v + √(1−ᾱ_t)·z_t), a flow model goes through its VP-equivalent.
 - Pixel space (no VAE): encode/decode are the identity, scaling factor 1.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from .._checks import check_batched, check_finite
 from ..errors import InputError, ModelError
+from .first_stage import FirstStage
+from .placement import parse_dtype, place
+from .schedules import schedule_of
+from .text import build_pipeline, fix_tokenizer_limits
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-
-def parse_dtype(dtype) -> torch.dtype:
-    """torch dtype from 'float32' | 'float16' | 'bfloat16' (or a torch.dtype)."""
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in DTYPES:
-        return DTYPES[dtype.lower()]
-    raise InputError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+# pipeline components an adapter may hold besides denoiser, scheduler and first stage
+TEXT_COMPONENTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
 
 
-def _place(module, device, dtype):
-    """Move a module; cast only when needed (diffusers warns on every dtype cast)."""
-    module = module.to(device)
-    if any(p.dtype != dtype for p in module.parameters() if p.is_floating_point()):
-        module = module.to(dtype)
-    return module.eval().requires_grad_(False)
-
-
-def _make_jvp_safe(vae) -> None:
-    """Let geometry's forward-mode JVP through the VAE's attention (SPEC §3), if geometry offers it."""
-    try:
-        from ..geometry import prepare_decoder_for_jvp
-    except ImportError:
-        return
-    prepare_decoder_for_jvp(vae)
+def _denoiser_arg(args, kwargs):
+    picked = [v for v in (args[0] if args else None, kwargs.get("denoiser"), kwargs.get("unet"),
+                          kwargs.get("transformer")) if v is not None]
+    if len(picked) != 1:
+        raise InputError("pass exactly one denoiser (denoiser=, unet= or transformer=)")
+    return picked[0]
 
 
 class LatentDiffusion:
-    """A (latent) diffusion model as the attacks and the geometry see it (docs/contracts.md)."""
+    """A (latent) diffusion model as the attacks and the geometry see it (`models.contract`)."""
 
-    def __init__(self, unet, scheduler, vae=None, text_encoder=None, tokenizer=None, *, device="cpu",
-                 dtype="float32", null_label: int | None = None, info: dict | None = None, source=None):
+    family = "base"  # the registry's name for the family (set by each subclass)
+    schedule_kinds: tuple[str, ...] = ("vp",)  # schedules (models.schedules) the family accepts
+    denoiser_folder = "unet"  # the pipeline component (and folder) that holds the denoiser
+    pipeline_class: str | None = None  # diffusers pipeline whose encode_prompt the family uses
+
+    def __new__(cls, *args, **kwargs):
+        if cls is LatentDiffusion:  # pick the family subclass from the denoiser (registry table)
+            from .registry import family_of
+
+            cls = family_of(_denoiser_arg(args, kwargs)).adapter()
+        return super().__new__(cls)
+
+    def __init__(self, denoiser=None, scheduler=None, vae=None, text_encoder=None, tokenizer=None, *,
+                 unet=None, transformer=None, pipeline=None, device="cpu", dtype="float32",
+                 null_label: int | None = None, info: dict | None = None, source=None, **components):
+        unknown = sorted(set(components) - set(TEXT_COMPONENTS))
+        if unknown:
+            raise InputError(f"unknown model components: {', '.join(unknown)}")
         self.device = torch.device(device)
         self.dtype = parse_dtype(dtype)
         self.source = source  # folder the model came from, for messages and manifests
         self.info = dict(info or {})
+        self.loras: list[tuple[str, float]] = []  # (file, scale) of every LoRA applied, for the weights hash
         self.null_label = null_label if null_label is not None else self.info.get("null_label")
-        self.unet = _place(unet, self.device, self.dtype)
+        self.denoiser = place(_denoiser_arg((denoiser,), {"unet": unet, "transformer": transformer}),
+                              self.device, self.dtype)
+        if scheduler is None:
+            raise InputError("a scheduler is needed (it defines alphas_cumprod)")
         self.scheduler = scheduler
-        self.prediction_type = scheduler.config.get("prediction_type", "epsilon")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ModelError(f"{self._where('scheduler')}: prediction_type {self.prediction_type!r} is not supported "
-                             f"(only epsilon and v_prediction map to ε)")
-        self.alphas_cumprod = self._alphas_cumprod(scheduler).to(self.device)
-        # The VAE and the text encoder stay float32: geometry is computed in float32 (issue 3).
-        self.vae = None if vae is None else _place(vae, self.device, torch.float32)
-        if self.vae is not None:
-            _make_jvp_safe(self.vae)
-        self.text_encoder = None if text_encoder is None else _place(text_encoder, self.device, torch.float32)
-        self.tokenizer = tokenizer
-        self.is_vq = self.vae is not None and type(self.vae).__name__ == "VQModel"
-        cfg = self.vae.config if self.vae is not None else {}
-        self.scaling_factor = float(cfg.get("scaling_factor", 1.0) or 1.0) if self.vae is not None else 1.0
-        self.shift_factor = float(cfg.get("shift_factor") or 0.0) if self.vae is not None else 0.0
-        self.conditioning = self._conditioning()
+        self.schedule = schedule_of(scheduler, self._where("scheduler"))
+        if self.schedule.kind not in self.schedule_kinds:
+            raise ModelError(f"{self._where('scheduler')}: {self.schedule.scheduler_class} is a {self.schedule.kind} "
+                             f"scheduler; the {self.family} family expects a {' or '.join(self.schedule_kinds)} one")
+        self.prediction_type = self.schedule.prediction_type
+        self.alphas_cumprod = self.schedule.alphas_cumprod.to(self.device)
+        # The first stage and the text encoders stay float32: geometry is computed in float32.
+        self.first_stage = FirstStage(vae, self.device)
+        self.vae = self.first_stage.vae
+        self.kind = self.first_stage.kind
+        self.scaling_factor, self.shift_factor = self.first_stage.scaling_factor, self.first_stage.shift_factor
+        text = {"text_encoder": text_encoder, "tokenizer": tokenizer, **components}
+        for name in TEXT_COMPONENTS:
+            part = text.get(name)
+            if part is not None and isinstance(part, torch.nn.Module):
+                part = place(part, self.device, torch.float32)
+            setattr(self, name, part)
+        fix_tokenizer_limits([(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2),
+                              (self.tokenizer_3, self.text_encoder_3)])
+        self.pipeline = pipeline
+        self.conditioning = self._resolve_conditioning()
 
     # -- construction --
     @classmethod
-    def from_pretrained(cls, directory, device="cpu", dtype="float32", variant=None, **kwargs) -> "LatentDiffusion":
-        """Load a model folder (component folders or a full SD pipeline folder); never the hub."""
+    def from_pretrained(cls, directory, device="cpu", dtype="float32", variant=None, lora=None,
+                        **kwargs) -> "LatentDiffusion":
+        """Load a model folder (component folders or a diffusers pipeline folder); never the hub.
+
+        lora: [(path, scale), ...] LoRA files applied through diffusers' `load_lora_weights`.
+        """
         from .loading import load_folder
 
         dtype = parse_dtype(dtype)
-        return cls(**load_folder(directory, variant, unet_dtype=dtype), device=device, dtype=dtype, source=Path(directory), **kwargs)
+        parts = load_folder(directory, variant, denoiser_dtype=dtype)
+        family = parts.pop("family")
+        adapter = family.adapter()
+        if not issubclass(adapter, cls):
+            raise ModelError(f"{directory}: a {family.name} model folder, not a {cls.__name__}")
+        model = adapter(**parts, device=device, dtype=dtype, source=Path(directory), **kwargs)
+        if lora:
+            from .lora import apply_loras
+
+            apply_loras(model, lora)
+        return model
 
     def _where(self, part: str) -> str:
         return str(Path(self.source) / part) if self.source is not None else part
 
-    @staticmethod
-    def _alphas_cumprod(scheduler) -> torch.Tensor:
-        ac = getattr(scheduler, "alphas_cumprod", None)
-        if ac is None:  # schedulers without the table: DDPM from the same β config
-            from diffusers import DDPMScheduler
+    @property
+    def unet(self):
+        """The denoiser (the name predates transformer families)."""
+        return self.denoiser
 
-            ac = DDPMScheduler.from_config(scheduler.config).alphas_cumprod
-        return torch.as_tensor(ac, dtype=torch.float32).clone()
-
-    def _conditioning(self) -> str:
-        cfg = self.unet.config
-        cross = type(self.unet).__name__ == "UNet2DConditionModel"
-        if cross and self.text_encoder is not None:
-            return "text"
-        if cfg.get("num_class_embeds") is not None or cfg.get("class_embed_type") is not None:
-            return "class"
-        if cross:
-            return "embedding"  # cross-attention without text encoder: cond is a [N, L, D] tensor
-        return "none"
+    @property
+    def text_pipeline(self):
+        """The diffusers pipeline prompts go through (built over this model's modules if the
+        model was not loaded from a pipeline folder)."""
+        if self.pipeline is None:
+            parts = {"vae": self.vae, self.denoiser_folder: self.denoiser,
+                     "scheduler": copy.deepcopy(self.scheduler),  # pipelines may rewrite their scheduler's config
+                     **{k: getattr(self, k) for k in TEXT_COMPONENTS}}
+            self.pipeline = build_pipeline(self.pipeline_class, parts)
+        return self.pipeline
 
     # -- shapes --
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """(c, h, w) of the latents the UNet denoises."""
-        cfg = self.unet.config
+        """(c, h, w) of the latents the denoiser denoises."""
+        cfg = self.denoiser.config
         size = cfg.get("sample_size")
         if size is None and self.vae is not None:
             size = self.vae.config.get("sample_size", 0) // self.downsampling
@@ -128,119 +153,116 @@ class LatentDiffusion:
     @property
     def downsampling(self) -> int:
         """Spatial factor between image and latent (1 in pixel space)."""
-        if self.vae is None:
-            return 1
-        return 2 ** (len(self.vae.config["block_out_channels"]) - 1)
+        return self.first_stage.downsampling
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images `encode` expects."""
-        c, h, w = self.latent_shape
-        if self.vae is None:
-            return (c, h, w)
-        f = self.downsampling
-        return (int(self.vae.config["in_channels"]), h * f, w * f)
+        return self.first_stage.image_shape(self.latent_shape)
 
     @property
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])
 
-    # -- VAE --
+    # -- first stage (models.first_stage) --
+    @property
+    def is_vq(self) -> bool:
+        return self.kind == "vq"
+
     def encode(self, x: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
         """z = s·(E(x) − shift) for images x in [-1, 1] [N, C, H, W] (posterior mean unless `sample`)."""
         check_batched(x, "images", min_dim=4)
         if tuple(x.shape[1:]) != self.image_shape:
             raise InputError(f"images have shape {tuple(x.shape[1:])}, the model expects {self.image_shape}")
-        x = x.to(self.device, torch.float32)
-        if self.vae is None:
-            return x.clone()
-        with torch.no_grad():
-            out = self.vae.encode(x)
-            if self.is_vq:
-                h = out.latents
-            elif sample:
-                h = out.latent_dist.sample(generator=generator)
-            else:
-                h = out.latent_dist.mean
-        return (h - self.shift_factor) * self.scaling_factor
-
-    def _unscale(self, z: torch.Tensor) -> torch.Tensor:
-        check_batched(z, "z", min_dim=4)
-        return z.to(self.device, torch.float32) / self.scaling_factor + self.shift_factor
+        return self.first_stage.encode(x, sample, generator)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """x = D(z/s + shift), float32, differentiable w.r.t. z (VQ: quantizes first)."""
-        if self.vae is None:
-            return z.to(self.device, torch.float32)
-        return self.vae.decode(self._unscale(z)).sample
+        return self.first_stage.decode(z)
 
     def decode_quantized(self, zq: torch.Tensor) -> torch.Tensor:
         """VQ decoder *after* quantization: D(zq/s) with the quantizer skipped (App. E)."""
-        if not self.is_vq:
-            return self.decode(zq)
-        return self.vae.decode(self._unscale(zq), force_not_quantize=True).sample
+        return self.first_stage.decode_quantized(zq)
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """Nearest codebook entries of a (scaled) VQ latent, in the same scaling; identity otherwise."""
-        if not self.is_vq:
-            return z
-        with torch.no_grad():
-            zq = self.vae.quantize(self._unscale(z))[0]
-        return zq * self.scaling_factor
+        return self.first_stage.quantize(z)
 
     @property
     def geometry_decode(self):
-        """The decoder the geometry differentiates (VQ: after quantization, SPEC §5)."""
+        """The decoder the geometry differentiates (VQ: after quantization, App. E)."""
         return self.decode_quantized if self.is_vq else self.decode
 
     def geometry_point(self, z: torch.Tensor) -> torch.Tensor:
         """Where to evaluate `geometry_decode` for the latent z (VQ: its quantized latent)."""
         return self.quantize(z) if self.is_vq else z
 
-    # -- conditioning --
+    # -- conditioning: families override the hooks --
+    def _resolve_conditioning(self) -> str:
+        return "none"
+
     def encode_cond(self, values):
-        """Captions → CLIP embeddings [N, L, D] (float32); class labels → LongTensor [N]."""
+        """Captions → the family's text condition; class labels → LongTensor [N]; a float
+        tensor passes through (an embedding already in the family's layout)."""
         if isinstance(values, torch.Tensor):
             if values.is_floating_point():
                 return values.to(self.device)
             return self._labels(values)
         values = list(values)
         if values and all(isinstance(v, str) for v in values):
-            return self._embed_captions(values)
+            if self.conditioning != "caption":
+                raise ModelError(f"{self._where('text_encoder')}: this model has no text encoder; got captions")
+            return self._encode_captions(values)
         if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             return self._labels(torch.tensor(values))
         raise InputError("conditions must be all captions (str) or all class labels (int)")
 
     def _labels(self, labels: torch.Tensor) -> torch.Tensor:
-        if self.conditioning != "class":
-            raise ModelError(f"{self._where('unet')}: this model is not class-conditional; got class labels")
-        n = self.unet.config.get("num_class_embeds")
+        if self.conditioning != "label":
+            raise ModelError(f"{self._where(self.denoiser_folder)}: this model is not class-conditional; got class labels")
+        n = self.num_classes
         labels = labels.to(torch.long).flatten()
         if n is not None and ((labels < 0) | (labels >= n)).any():
             raise InputError(f"class labels must lie in [0, {n}), got {labels.min().item()}..{labels.max().item()}")
         return labels.to(self.device)
 
-    def _embed_captions(self, captions: Sequence[str]) -> torch.Tensor:
-        if self.tokenizer is None or self.text_encoder is None:
-            raise ModelError(f"{self._where('text_encoder')}: this model has no text encoder; got captions")
-        max_len = self.tokenizer.model_max_length
-        if not max_len or max_len > 10_000:  # "very large" sentinel of tokenizers without a limit
-            max_len = self.text_encoder.config.max_position_embeddings
-        ids = self.tokenizer(list(captions), padding="max_length", max_length=max_len, truncation=True,
-                             return_tensors="pt").input_ids.to(self.device)
-        with torch.no_grad():
-            return self.text_encoder(ids)[0].float()
+    @property
+    def num_classes(self) -> int | None:
+        return None
+
+    def _encode_captions(self, captions: list[str]) -> torch.Tensor:
+        raise ModelError(f"{self._where('text_encoder')}: this model has no text encoder; got captions")
+
+    def _null_caption_cond(self, n: int) -> torch.Tensor:
+        return self._encode_captions([""] * n)
 
     def uncond(self, n: int):
-        """The null condition for n samples (classifier-free guidance): empty captions, the null
-        class label (`null_label`, e.g. from diffaudit.json), or None for unconditional models."""
-        if self.conditioning == "text":
-            return self._embed_captions([""] * n)
+        """The null condition for n samples (classifier-free guidance): the pipeline's negative
+        (empty) prompt, the null class label (`null_label`, e.g. from diffaudit.json), or None
+        for unconditional models."""
+        if self.conditioning == "caption":
+            return self._null_caption_cond(n)
         if self.conditioning == "none":
             return None
-        if self.conditioning == "class" and self.null_label is not None:
+        if self.conditioning == "label" and self.null_label is not None:
             return torch.full((n,), int(self.null_label), dtype=torch.long, device=self.device)
-        raise ModelError(f"{self._where('unet')}: no null condition is known for this {self.conditioning}-conditioned model")
+        raise ModelError(f"{self._where(self.denoiser_folder)}: no null condition is known for this "
+                         f"{'class' if self.conditioning == 'label' else self.conditioning}-conditioned model")
+
+    def _condition(self, cond, n: int):
+        """The checked condition for n rows (None: the null condition)."""
+        if self.conditioning == "none":
+            return None
+        if cond is None:
+            cond = self.uncond(n)
+        if self.conditioning == "label":
+            return self._labels(torch.as_tensor(cond))
+        self._check_embedding(cond, n)
+        return cond.to(self.device)
+
+    def _check_embedding(self, cond, n: int) -> None:
+        if not (isinstance(cond, torch.Tensor) and cond.is_floating_point() and cond.dim() == 3 and cond.shape[0] == n):
+            raise InputError(f"text condition must be an embedding [N={n}, L, D] from encode_cond(captions)")
 
     # -- noise prediction --
     def _timesteps(self, t, n: int) -> torch.Tensor:
@@ -256,42 +278,35 @@ class LatentDiffusion:
             raise InputError(f"timesteps must lie in [0, {self.num_train_timesteps}), got {t.min().item()}..{t.max().item()}")
         return t.to(self.device)
 
-    def _unet_kwargs(self, cond, n: int) -> dict:
-        if self.conditioning == "none":
-            return {}
-        if cond is None:
-            cond = self.uncond(n)
-        if self.conditioning == "class":
-            cond = self._labels(torch.as_tensor(cond))
-            kw = {"class_labels": cond}
-            if type(self.unet).__name__ == "UNet2DConditionModel":  # class embedding only, no text
-                kw["encoder_hidden_states"] = torch.zeros(n, 1, self.unet.config["cross_attention_dim"],
-                                                          device=self.device, dtype=self.dtype)
-            return kw
-        if not (isinstance(cond, torch.Tensor) and cond.is_floating_point() and cond.dim() == 3 and cond.shape[0] == n):
-            raise InputError(f"text condition must be an embedding [N={n}, L, D] from encode_cond(captions)")
-        return {"encoder_hidden_states": cond.to(self.device, self.dtype)}
+    def _predict(self, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """The denoiser's raw output for input x (its dtype) at timesteps t (float32 out)."""
+        raise NotImplementedError
+
+    def _eps(self, z_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """ε̂ from the raw output (VP families; `families.flow` overrides this)."""
+        c = z_t.shape[1]
+        out = self._predict(z_t.to(self.dtype), t, cond)
+        if out.shape[1] == 2 * c:  # learned variance: [ε, σ] stacked on channels
+            out = out[:, :c]
+        if self.prediction_type == "v_prediction":
+            a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+            out = a.sqrt() * out + (1 - a).sqrt() * z_t
+        return out
 
     def eps(self, z_t: torch.Tensor, t, cond=None, ids=None) -> torch.Tensor:
         """ε̂_θ(z_t, t, c) in float32 on z_t's device; NaN/Inf → NonFiniteError naming `ids`."""
         check_batched(z_t, "z_t", min_dim=4)
         n = z_t.shape[0]
         if tuple(z_t.shape[1:]) != self.latent_shape:
-            raise InputError(f"z_t has shape {tuple(z_t.shape[1:])}, the UNet expects {self.latent_shape}")
+            raise InputError(f"z_t has shape {tuple(z_t.shape[1:])}, the denoiser expects {self.latent_shape}")
         t = self._timesteps(t, n)
-        x = z_t.to(self.device, self.dtype)
+        cond = self._condition(cond, n)
         with torch.no_grad():
-            out = self.unet(x, t, **self._unet_kwargs(cond, n)).sample.float()
-        if out.shape[1] == 2 * z_t.shape[1]:  # learned variance: [ε, v] stacked on channels
-            out = out[:, : z_t.shape[1]]
-        if self.prediction_type == "v_prediction":
-            a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-            out = a.sqrt() * out + (1 - a).sqrt() * z_t.to(self.device, torch.float32)
+            out = self._eps(z_t.to(self.device, torch.float32), t, cond)
         # without ids, name batch rows: bare indices would read as sample ids
-        check_finite(out, "UNet", ids if ids is not None else [f"batch row {i}" for i in range(n)])
+        check_finite(out, "denoiser", ids if ids is not None else [f"batch row {i}" for i in range(n)])
         return out.to(z_t.device)
 
     def __repr__(self) -> str:
-        kind = "pixel" if self.vae is None else type(self.vae).__name__
-        return (f"LatentDiffusion({kind}, {type(self.unet).__name__}, cond={self.conditioning}, "
+        return (f"{type(self).__name__}({self.kind}, {type(self.denoiser).__name__}, cond={self.conditioning}, "
                 f"latent={self.latent_shape}, s={self.scaling_factor}, dtype={self.dtype}, device={self.device})")

@@ -1,0 +1,1 @@
+"""One adapter subclass per model family (docs/models.md); `models.registry` chooses among them."""
