@@ -5,7 +5,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from diffaudit.errors import InputError
-from diffaudit.metrics import (_bootstrap_indices, bootstrap_ci, fpr_resolution_notes, membership_metrics,
+from diffaudit.metrics.bootstrap import bootstrap_indices as _bootstrap_indices
+from diffaudit.metrics import (bootstrap_ci, fpr_resolution_notes, membership_metrics,
                                paired_bootstrap_diff)
 
 

@@ -103,16 +103,29 @@ def test_bad_shapes():
         distortion_strata(ms, hs, md, hd)
 
 
-def test_strata_finding_verdicts_follow_the_band():
-    """'shows' > 2 std above the random band; 'does not show' only > 2 std below it at every t."""
+def test_strata_finding_compares_quartiles_on_the_evaluation_fold():
+    """Highest minus lowest distortion quartile on the evaluation fold: AUCs equal sklearn's on
+    those subsets; the difference's SE is the two DeLong SEs in quadrature (disjoint samples)."""
     from diffaudit.audit.findings import strata_finding
+    from diffaudit.metrics import auc_contrast
 
-    def finding(top, band_std=0.01):
-        q = [[0.80, 0.80, 0.80, x] for x in top]
-        s = {"t": [10, 20], "quartile_auc": q, "random_mean": [0.80, 0.80], "random_std": [band_std, band_std]}
-        return strata_finding({"sima": s}, "sima")["shows"]
-
-    assert finding([0.85, 0.79]) is True  # +5 std at t = 10
-    assert finding([0.795, 0.79]) is None  # reversed order, but inside the band: noise
-    assert finding([0.81, 0.70]) is None  # +1 std at best
-    assert finding([0.75, 0.70]) is False  # below the band by > 2 std at every t
+    rng = np.random.default_rng(3)
+    n = 800
+    member = rng.permutation(np.r_[np.ones(n // 2, bool), np.zeros(n // 2, bool)])
+    dist = rng.normal(size=n)
+    ev = rng.random(n) < 0.5
+    q = np.searchsorted(np.quantile(dist, [0.25, 0.5, 0.75]), dist)
+    scores = rng.normal(size=n) + member * (q == 3) * 1.5  # only the top quartile leaks
+    f = strata_finding(scores, member, ev, dist, "sima", 50, 0.5)
+    top, low = ev & (q == 3), ev & (q == 0)
+    a_top = roc_auc_score(member[top], scores[top])
+    a_low = roc_auc_score(member[low], scores[low])
+    assert f["estimate"] == pytest.approx(a_top - a_low, abs=1e-12)
+    se = np.hypot(auc_contrast(scores[top], member[top], [1.0])["se"], auc_contrast(scores[low], member[low], [1.0])["se"])
+    assert f["ci"][1] - f["ci"][0] == pytest.approx(2 * 1.959963984540054 * se, rel=1e-9)
+    assert f["p_value"] < 1e-6 and f["direction"] == 1
+    # A constant distortion has no strata; too few samples per quartile are refused, not judged.
+    assert strata_finding(scores, member, ev, np.ones(n), "sima", 50, 0.5)["status"] == "not_applicable"
+    small = np.r_[np.arange(60)]
+    g = strata_finding(scores[small], member[small], ev[small], dist[small], "sima", 50, 0.5)
+    assert g["status"] == "not_enough_samples" and "≥ 20" in g["reason"]

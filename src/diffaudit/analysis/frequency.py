@@ -1,5 +1,5 @@
 """Frequency analyses: distortion vs low/high-frequency energy (paper §4.4, T3) and the
-high-frequency-filter attack statistic (paper App. F, Eqs. 9–17; SPEC §5).
+high-frequency-filter attack statistic (arXiv 2511.20592 App. F, Eqs. 9–17).
 
 Radius rule (§4.4): the paper sums "the center elements" of the centred spectrum within radius
 5, 10, 40 for 32², 64², 256² images, "approximately 2.5% of the spectra". All three are
@@ -102,27 +102,14 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return (xc * yc).sum(-1) / den
 
 
-def _pearson_with_ci(x, y, n_boot: int, rng: np.random.Generator, level: float):
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan"), [float("nan"), float("nan")]
-    r = float(stats.pearsonr(x, y).statistic)
-    if n_boot <= 0:
-        return r, [float("nan"), float("nan")]
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))  # paired resampling of samples
-    rb = _pearson_rows(x[idx], y[idx])
-    rb = rb[np.isfinite(rb)]  # a resample of identical points has no r
-    a = (1 - level) / 2
-    lo, hi = np.quantile(rb, [a, 1 - a]) if rb.size else (np.nan, np.nan)
-    return r, [float(lo), float(hi)]
-
-
 def energy_correlation(distortion, low, high, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Pearson r of distortion with given per-image low / high energies (T3), with bootstrap CIs.
+    """Pearson r of distortion with given per-image low / high energies (arXiv 2511.20592 Table 3).
 
-    Point estimates from scipy.stats.pearsonr; CIs are percentile bootstrap (`n_boot` paired
-    resamples of the images from one seeded generator, the same resamples for LF and HF).
-    Returns {"r_lf", "r_lf_ci", "r_hf", "r_hf_ci", "n", "n_boot", "level"}, plus "note" when a
-    correlation is undefined (constant input).
+    Point estimates from scipy.stats.pearsonr; CIs are percentile bootstrap over the images, the
+    SAME resamples for LF, HF and their difference r_HF − r_LF (so the difference is paired; its
+    bootstrap standard error ``diff_se`` is what the frequency verdict tests). Returns {"r_lf",
+    "r_lf_ci", "r_hf", "r_hf_ci", "diff", "diff_ci", "diff_se", "n", "n_boot", "level"}, plus
+    "note" when a correlation is undefined (constant input).
     """
     arrays = []
     for name, v in (("distortion", distortion), ("low", low), ("high", high)):
@@ -139,13 +126,23 @@ def energy_correlation(distortion, low, high, n_boot: int = 1000, seed: int = 0,
         raise InputError(f"a correlation needs at least 3 images, got {d.size}")
     if not 0 < level < 1:
         raise InputError(f"level must be in (0, 1), got {level}")
-    rng = np.random.default_rng(seed)
-    r_lf, ci_lf = _pearson_with_ci(d, lo, int(n_boot), rng, level)
-    r_hf, ci_hf = _pearson_with_ci(d, hi, int(n_boot), rng, level)
-    out = {"r_lf": r_lf, "r_lf_ci": ci_lf, "r_hf": r_hf, "r_hf_ci": ci_hf,
-           "n": int(d.size), "n_boot": int(n_boot), "level": float(level)}
-    if not (np.isfinite(r_lf) and np.isfinite(r_hf)):
+    nan2 = [float("nan"), float("nan")]
+    out = {"r_lf": float("nan"), "r_lf_ci": nan2, "r_hf": float("nan"), "r_hf_ci": nan2, "diff": float("nan"),
+           "diff_ci": nan2, "diff_se": float("nan"), "n": int(d.size), "n_boot": int(n_boot), "level": float(level)}
+    if np.ptp(d) == 0 or np.ptp(lo) == 0 or np.ptp(hi) == 0:
         out["note"] = "a correlation is undefined because distortion or an energy band is constant"
+        return out
+    out["r_lf"] = float(stats.pearsonr(d, lo).statistic)
+    out["r_hf"] = float(stats.pearsonr(d, hi).statistic)
+    out["diff"] = out["r_hf"] - out["r_lf"]
+    if n_boot >= 2:
+        idx = np.random.default_rng(seed).integers(0, d.size, size=(int(n_boot), d.size))  # paired resamples
+        r_lf, r_hf = _pearson_rows(d[idx], lo[idx]), _pearson_rows(d[idx], hi[idx])
+        ok = np.isfinite(r_lf) & np.isfinite(r_hf)  # a resample of identical points has no r
+        a = (1 - level) / 2
+        for key, r in (("r_lf_ci", r_lf[ok]), ("r_hf_ci", r_hf[ok]), ("diff_ci", (r_hf - r_lf)[ok])):
+            out[key] = [float(x) for x in np.quantile(r, [a, 1 - a])] if r.size else nan2
+        out["diff_se"] = float((r_hf - r_lf)[ok].std(ddof=1)) if ok.sum() > 1 else float("nan")
     return out
 
 
@@ -197,18 +194,24 @@ def hf_filtered_statistic(
     radius: int | None = None,
     scale: float = 0.0,
     p: float = 2,
+    power: bool = False,
 ) -> torch.Tensor:
     """Per-sample ‖F(x̂₀) − F(x₀^target)‖_p on decoded images [N, C, H, W] (App. F, Eq. 17) → [N].
 
-    F is linear, so this is ‖F(x̂₀ − x₀^target)‖_p: one FFT pair per sample instead of two.
-    Lower = more likely a member, like every attack statistic.
+    F is linear, so this is ‖F(x̂₀ − x₀^target)‖_p: one FFT pair per image instead of two. The
+    difference is taken in the inputs' dtype, the filter and the sum in float64 (the result is
+    float64). ``power=True`` returns Σ|·|^p, like :func:`diffaudit.attacks.statistic`. Lower =
+    more likely a member, like every attack statistic.
     """
     for name, v in (("x0_pred", x0_pred), ("x0_target", x0_target)):
         if not isinstance(v, torch.Tensor) or v.dim() != 4:
             raise InputError(f"{name} must be a [N, C, H, W] tensor, got {getattr(v, 'shape', type(v).__name__)}")
     if x0_pred.shape != x0_target.shape:
         raise InputError(f"x0_pred {tuple(x0_pred.shape)} and x0_target {tuple(x0_target.shape)} differ in shape")
-    if p <= 0:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
         raise InputError(f"p must be > 0, got {p}")
-    f = highfreq_filter(x0_pred - x0_target, radius=radius, scale=scale)
-    return torch.linalg.vector_norm(f.flatten(1), ord=p, dim=1)
+    f = highfreq_filter((x0_pred - x0_target).double(), radius=radius, scale=scale).flatten(1).abs()
+    if math.isinf(p):
+        return f.amax(1)
+    out = f.pow(p).sum(1)
+    return out if power else out.pow(1.0 / p)

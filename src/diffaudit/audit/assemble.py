@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from .plan import AuditConfig, MaskId, mask_bank
-from .protocol import METRICS, calibration_split, metrics_matrix, summarise_attack
+from ..metrics import METRICS, metrics_matrix
+from .protocol import calibration_split, summarise_attack
 
 
 def bank_columns(bank: list[MaskId], k: int) -> dict:
@@ -61,7 +62,7 @@ def k_sweep(stats: np.ndarray, member: np.ndarray, grid: list[int], bank: list[M
     return out
 
 
-def latent_usage(influence: np.ndarray, latent_shape, k: int, active_nats: float) -> dict:
+def latent_usage(influence: np.ndarray, latent_shape, k: int, active_nats: float, degenerate: str | None = None) -> dict:
     """How much of the latent the decoder uses: influence per channel and dim, active share."""
     N = influence.shape[0]
     c = latent_shape[0]
@@ -83,7 +84,10 @@ def latent_usage(influence: np.ndarray, latent_shape, k: int, active_nats: float
         "active_nats": active_nats,
         "dropped_inactive_share": dropped_inactive,
     }
-    if dropped_inactive > 0.5:
+    if degenerate:
+        usage["degenerate"] = degenerate
+        usage["note"] = f"Latent usage is not meaningful here: {degenerate}."
+    elif dropped_inactive > 0.5:
         usage["note"] = (f"{dropped_inactive:.0%} of the dims the k={k}% filter drops are inactive (more than "
                          f"{active_nats:g} nats below the sample's most influential dim): the filter mostly removes "
                          "dims the decoder ignores, so it can gain little over a random drop of dead dims.")
@@ -93,8 +97,8 @@ def latent_usage(influence: np.ndarray, latent_shape, k: int, active_nats: float
     return usage
 
 
-def build_summaries(arrays: dict, config: AuditConfig) -> tuple[dict, list[dict], dict, dict]:
-    """(protocols, metric rows, k sweeps, ROC curves) for every attack."""
+def build_summaries(arrays: dict, config: AuditConfig) -> tuple[dict, list[dict], dict, dict, tuple]:
+    """(protocols, metric rows, k sweeps, ROC curves, (calibration, evaluation) masks) for every attack."""
     from sklearn.metrics import roc_curve
 
     member = arrays["member"].astype(bool)
@@ -102,10 +106,13 @@ def build_summaries(arrays: dict, config: AuditConfig) -> tuple[dict, list[dict]
     cols = bank_columns(bank, config.k)
     cal = calibration_split(member, config.calibration_fraction, config.seed)
     protocols = {
-        "paper": {"description": "best t per metric, chosen with the labels on all samples (as the papers report; optimistic)",
+        "paper": {"description": ("every row (unfiltered, filtered, each control) at its own best t per metric, chosen "
+                                  "with the labels on all samples, as the papers report: optimistic, no verdict is "
+                                  "drawn from it"),
                   "per_attack": {}},
-        "calibrated": {"description": (f"t chosen by AUC on a calibration fold ({config.calibration_fraction:.0%} of each class), "
-                                       "metrics measured on the other samples"),
+        "calibrated": {"description": (f"each row's t chosen by its own AUC on a calibration fold "
+                                       f"({config.calibration_fraction:.0%} of each class), metrics measured on the other "
+                                       "samples; the verdicts are judged here"),
                        "calibration_fraction": config.calibration_fraction, "per_attack": {}},
     }
     rows, sweeps, rocs = [], {}, {}
@@ -124,4 +131,4 @@ def build_summaries(arrays: dict, config: AuditConfig) -> tuple[dict, list[dict]
             fpr, tpr, _ = roc_curve(member, -stats[:, tt, col], drop_intermediate=False)
             roc[name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
         rocs[a] = roc
-    return protocols, rows, sweeps, rocs
+    return protocols, rows, sweeps, rocs, cal

@@ -23,10 +23,10 @@ def versions() -> dict:
 def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model=None, model_info=None,
                     split_info=None) -> tuple[dict, dict]:
     """Everything the report shows, from the gathered per-sample arrays (no model calls)."""
+    from ..analysis.frequency import default_radius, energy_correlation
     from ..analysis.strata import distortion_strata_over_t
     from .assemble import build_summaries, latent_usage
-    from .findings import filter_findings, frequency_finding, hf_filter_results, hf_findings, strata_finding
-    from ..analysis.frequency import default_radius, energy_correlation
+    from .verdicts import audit_findings, degenerate_geometry
 
     member = arrays["member"].astype(bool)
     warnings = []
@@ -35,9 +35,11 @@ def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model
         warnings.append(f"TPR@0.1%FPR needs at least 1000 held-out samples to mean anything; this audit has {n_h}.")
     if n_h < 100:
         warnings.append(f"TPR@1%FPR rests on fewer than 100 held-out samples ({n_h}).")
-    protocols, rows, sweeps, rocs = build_summaries(arrays, config)
+    protocols, rows, sweeps, rocs, calibration = build_summaries(arrays, config)
     latent_shape = list(getattr(model, "latent_shape", None) or [arrays["influence"].shape[1], 1, 1])
-    usage = latent_usage(arrays["influence"], latent_shape, config.k, config.active_nats)
+    kind = getattr(model, "kind", None)
+    usage = latent_usage(arrays["influence"], latent_shape, config.k, config.active_nats,
+                         degenerate=degenerate_geometry(arrays["influence"], kind))
 
     dist = arrays["distortion"]
     strata = {}
@@ -49,13 +51,9 @@ def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model
     image_hw = getattr(model, "image_shape", None)
     if image_hw is not None:
         freq["radius"] = int(default_radius(int(image_hw[1]), int(image_hw[2])))
-    hf = hf_filter_results(arrays, member, list(config.hf_timesteps), config.bootstrap, config.seed) if config.hf_filter else {}
-
-    findings = filter_findings(protocols, config.k)
+    findings = audit_findings(arrays, config, protocols, calibration, freq, kind)
+    hf = {f["id"].split("/", 1)[1]: f["detail"] for f in findings if "detail" in f}
     best = max(config.attacks, key=lambda a: protocols["paper"]["per_attack"][a]["unfiltered"]["auc"])
-    for f in [strata_finding(strata, best), frequency_finding(freq)] + hf_findings(hf):
-        if f:
-            findings.append(f)
 
     # Per-sample table: scores at each attack's chosen t (unfiltered and filtered).
     bank = [m.name for m in mask_bank(config)]

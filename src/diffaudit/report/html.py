@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .plots_samples import sample_index, to_display
-from .sentences import attack_name, fmt, fmt_signed, format_ci, verdict_label
+from .sentences import FINDINGS_NOTE, attack_name, fmt, fmt_signed, format_ci, verdict_label
 from .tables import HEADLINE_COLUMNS, default_k, headline_rows
 
 __all__ = ["render_html", "GLOSSARY", "e"]
@@ -36,7 +36,7 @@ GLOSSARY = [
     ("TPR@1%FPR", "Share of members found when at most 1% of held-out images may be wrongly flagged. The number "
      "that matters for a confident attacker; TPR@0.1%FPR is the same at 0.1%."),
     ("t", "The diffusion timestep at which the model is queried (0 = almost no noise)."),
-    ("SimA, Loss, PIA, SecMI", "Four membership attacks. Each queries the noise predictor and takes a norm of what "
+    ("{attacks}", "{count} membership attack{s}. Each queries the noise predictor and takes a norm of what "
      "comes back; a small norm means the model fits the image well, i.e. probably a member."),
     ("Influence filter (k)", "Before taking the norm, drop the k% of latent dimensions with the least influence on "
      "the decoded image (per sample, from the decoder's Jacobian). The paper finds this raises every attack's AUC."),
@@ -48,6 +48,17 @@ GLOSSARY = [
      "'calibrated': t chosen on one half of the samples, metrics measured on the other half (an honest estimate)."),
     ("95% CI", "Bootstrap confidence interval. A difference whose CI includes 0 is not detectable in this run."),
 ]
+
+
+def glossary_entries(results: Mapping) -> list[tuple[str, str]]:
+    """GLOSSARY with the attacks entry naming the attacks of this run (its config, else the registry)."""
+    from ..attacks import ATTACKS
+
+    names = [attack_name(a) for a in ((results.get("config") or {}).get("attacks") or ATTACKS)]
+    words = ["No", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten"]
+    count = words[len(names)] if len(names) < len(words) else str(len(names))
+    return [(", ".join(names), v.format(count=count, s="" if len(names) == 1 else "s")) if k == "{attacks}" else (k, v)
+            for k, v in GLOSSARY]
 
 
 def data_uri_png(path: Path) -> str:
@@ -76,7 +87,7 @@ h1{font-size:1.6em;margin-bottom:4px} h2{border-bottom:2px solid #ddd;padding-bo
 table{border-collapse:collapse;margin:8px 0 14px;font-size:.92em} th,td{border:1px solid #ddd;padding:4px 8px;
 text-align:left;vertical-align:top} th{background:#f2f2f2} td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:.85em;font-weight:600;white-space:nowrap}
-.shows{background:#d8f0d8;color:#165c16}.does-not-show{background:#f8d7d7;color:#8a1c1c}
+.shows{background:#d8f0d8;color:#165c16}.shows-the-opposite{background:#f8d7d7;color:#8a1c1c}.not-enough-samples,.not-applicable{background:#eee;color:#555}
 .inconclusive{background:#eee;color:#555}
 .wrap{overflow-x:auto} figure{margin:18px 0;padding:8px;border:1px solid #e4e4e4;border-radius:6px} figure img{max-width:100%}
 figcaption{font-size:.92em;color:#333;margin-top:6px} .warn{background:#fff4e0;border-left:4px solid #f0a020;
@@ -171,12 +182,10 @@ def _findings(results: Mapping) -> str:
         return ""
     rows = []
     for x in f:
-        label = verdict_label(x.get("shows"))
+        label = verdict_label(x)
         rows.append(f"<tr><td><span class='badge {e(label.replace(' ', '-'))}'>{e(label)}</span></td>"
                     f"<td>{e(x.get('claim'))}</td><td>{e(x.get('sentence'))}</td></tr>")
-    return ("<h2>The paper's findings in this run</h2><p class='muted'>Each verdict is computed from this run's "
-            "confidence intervals: “shows” when the CI excludes no effect in the paper's direction, “does not show” "
-            "when it excludes it the other way, “inconclusive” otherwise.</p>"
+    return ("<h2>The paper's findings in this run</h2><p class='muted'>" + e(FINDINGS_NOTE) + "</p>"
             "<table><tr><th>this run</th><th>the paper's claim</th><th>what this run measured</th></tr>"
             + "".join(rows) + "</table>")
 
@@ -223,8 +232,9 @@ def _extras(results: Mapping) -> str:
             f"<td class='num'>{e(fmt(r.get('auc_filtered')))}</td><td class='num'>"
             f"{e(fmt_signed(r.get('diff', (r.get('auc_filtered') or 0) - (r.get('auc_plain') or 0))))} "
             f"({e(format_ci(r.get('diff_ci')))})</td></tr>" for a, r in hf.items())
-        out.append("<h3>High-frequency filter attack (paper App. F)</h3><p class='muted'>Loss and PIA measured on "
-                   "decoded images, plain vs with the high spatial frequencies scaled down before the norm. The paper "
+        out.append("<h3>High-frequency filter attack (paper App. F)</h3><p class='muted'>Attacks measured on "
+                   "decoded images, plain vs with the high spatial frequencies scaled down before the norm, each at its "
+                   "own t chosen on the calibration fold and measured on the evaluation fold (DeLong CI). The paper "
                    "finds this lowers AUC for latent diffusion models.</p><table><tr><th>attack</th><th>t</th>"
                    "<th>AUC plain</th><th>AUC high-freq filtered</th><th>difference (95% CI)</th></tr>" + rows + "</table>")
     notes = [f"{attack_name(a)}: {n}" for a, s in (results.get("strata") or {}).items() for n in s.get("notes", [])]
@@ -241,7 +251,7 @@ def render_html(results: Mapping, figures: Sequence[tuple[str, Path, str]], samp
     figs = "".join(
         f"<figure><img src='{data_uri_png(p)}' alt='{e(title)}'><figcaption><b>{e(title)}.</b> {e(cap)}</figcaption></figure>"
         for title, p, cap in figures)
-    glossary = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in GLOSSARY)
+    glossary = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in glossary_entries(results))
     config = json.dumps(results.get("config") or {}, indent=2, sort_keys=True, default=str)
     return "".join([
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",

@@ -9,7 +9,6 @@ import math
 from typing import Sequence
 
 __all__ = [
-    "ATTACK_NAMES",
     "attack_name",
     "fmt",
     "fmt_signed",
@@ -20,13 +19,15 @@ __all__ = [
     "phrase_band",
     "phrase_correlation",
     "verdict_label",
+    "FINDINGS_NOTE",
+    "STATUS_LABELS",
 ]
 
-ATTACK_NAMES = {"sima": "SimA", "loss": "Loss", "pia": "PIA", "secmi": "SecMI"}
-
-
 def attack_name(a: str) -> str:
-    return ATTACK_NAMES.get(str(a).lower(), str(a))
+    """The attack's display name from the registry ("SimA"); an unknown name as given."""
+    from ..attacks import display_name
+
+    return display_name(a)
 
 
 def _ok(x) -> bool:
@@ -105,6 +106,23 @@ def phrase_correlation(r, ci, what: str = "high-frequency energy", digits: int =
     return f"r = {fmt_signed(r, digits)} ({format_ci(ci, digits)}) with {what}: {word}"
 
 
-def verdict_label(shows) -> str:
-    """A finding's `shows` (True / False / None) as a word for tables and badges."""
-    return {True: "shows", False: "does not show"}.get(shows, "inconclusive")
+STATUS_LABELS = {"shows": "shows", "opposite": "shows the opposite", "inconclusive": "inconclusive",
+                 "not_enough_samples": "not enough samples", "not_applicable": "not applicable"}
+
+
+FINDINGS_NOTE = (
+    "Each verdict is a two-sided test on the calibrated protocol's evaluation fold (every row's t chosen on the "
+    "calibration fold, controls selected like the treatment; AUC differences with DeLong's standard error). All "
+    "verdicts of the report are one family, Holm-adjusted to a 5% family-wise error rate: “shows” when the adjusted "
+    "p is below 5% in the paper's direction (a false “shows” has probability at most 2.5%), “shows the opposite” in "
+    "the other direction, “inconclusive” otherwise. Numbers under the paper protocol are optimistic and not judged.")
+
+
+def verdict_label(finding) -> str:
+    """A finding's verdict as a word for tables and badges: its `status` (docs/verdicts.md), or
+    for an older results.json its `shows` (True / False / None)."""
+    if isinstance(finding, dict):
+        if finding.get("status") in STATUS_LABELS:
+            return STATUS_LABELS[finding["status"]]
+        finding = finding.get("shows")
+    return {True: "shows", False: "shows the opposite"}.get(finding, "inconclusive")

@@ -86,7 +86,7 @@ def metrics_rows(results: Mapping) -> list[dict]:
                            n_members=n_eval.get("members"), n_heldout=n_eval.get("heldout"))
                 for m in METRICS:
                     row[m] = _num(vals.get(m))
-                    row[f"{m}_std"] = _num(vals.get(f"{m}_std"))
+                    row[f"{m}_std"] = _num(vals.get(f"{m}_draw_std", vals.get(f"{m}_std")))
                     ci = vals.get(f"{m}_ci")
                     if ci:
                         row[f"{m}_ci_lo"], row[f"{m}_ci_hi"] = _num(ci[0]), _num(ci[1])

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InputError
 from . import plots, plots_samples
 from .html import render_html
-from .sentences import verdict_label
+from .sentences import FINDINGS_NOTE, verdict_label
 from .tables import (
     METRICS_COLUMNS, default_k, difference_rows, k_sweep_rows, markdown_table, metrics_rows,
     samples_columns, strata_rows, write_csv,
@@ -126,7 +126,7 @@ def _summary_md(results: Mapping, written: list[str]) -> str:
             lines += [f"## Protocol `{pname}`", "", proto.get("description", ""), "", t, ""]
     f = results.get("findings") or []
     if f:
-        lines += ["## Findings", ""] + [f"- **{verdict_label(x.get('shows'))}**: {x.get('sentence', '')}" for x in f] + [""]
+        lines += ["## Findings", "", FINDINGS_NOTE, ""] + [f"- **{verdict_label(x)}**: {x.get('sentence', '')}" for x in f] + [""]
     w = results.get("warnings") or []
     if w:
         lines += ["## Warnings", ""] + [f"- {x}" for x in w] + [""]
