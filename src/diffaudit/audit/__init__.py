@@ -5,8 +5,6 @@
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from .fingerprint import MODEL_PARTS, model_folder_hash, model_weights_hash, samples_hash  # noqa: F401
 from .plan import AuditConfig, from_dict, load_config, mask_bank  # noqa: F401
 from .results import compute_results, versions  # noqa: F401
 from .run import gather, run_pass
-from .samples import SampleSet
+from .samples import SampleSet, resolved_conditioning
 from .store import ChunkStore, atomic_write_json
 
-__all__ = ["AuditConfig", "AuditResult", "SampleSet", "compute_results", "load_config", "model_folder_hash", "run_audit"]
+__all__ = ["AuditConfig", "AuditResult", "SampleSet", "compute_results", "load_config", "model_folder_hash",
+           "model_weights_hash", "run_audit"]
 
 _GEOMETRY_FIELDS = ("n_probes", "svd_rank", "svd_oversample", "svd_power_iters", "svd_method", "svd_algorithm",
                     "svd_block_size",
@@ -32,28 +32,6 @@ class AuditResult:
     results: dict
     samples: dict
     out_dir: Path | None = None
-
-
-def samples_hash(samples: SampleSet) -> str:
-    h = hashlib.sha256(json.dumps([samples.keys, samples.member.astype(int).tolist()]).encode())
-    return h.hexdigest()[:16]
-
-
-MODEL_PARTS = ("vae", "unet", "scheduler", "text_encoder", "tokenizer")
-
-
-def model_folder_hash(folder) -> str:
-    """sha256 over a model folder's components (file names and bytes; not diffaudit.json's timings)."""
-    folder = Path(folder)
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder)
-        if p.is_file() and (rel.parts[0] in MODEL_PARTS or rel.name == "model_index.json"):
-            h.update(str(rel).encode())
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()
 
 
 def run_audit(model, samples: SampleSet, config: AuditConfig | None = None, out_dir: str | Path | None = None,
@@ -73,7 +51,11 @@ def run_audit(model, samples: SampleSet, config: AuditConfig | None = None, out_
     out = Path(out_dir) if out_dir is not None else Path("diffaudit-report")
     model_info = dict(model_info or {})
     shash = samples_hash(samples)
-    common = {"diffaudit_version": __version__, "model_sha256": model_info.get("sha256"), "samples": shash}
+    # The weights actually audited key the cache, whether or not a folder hash was given: a
+    # second model (or the same folder at another dtype) never reuses the first one's chunks.
+    weights = model_weights_hash(model)
+    common = {"diffaudit_version": __version__, "model_sha256": model_info.get("sha256"),
+              "weights_sha256": weights, "samples": shash}
     geo_manifest = {**common, "kind": "geometry", **{f: getattr(config, f) for f in _GEOMETRY_FIELDS}}
     att_manifest = {**common, "kind": "attacks", "config": config.hash()}
     t0 = time.perf_counter()
@@ -93,6 +75,8 @@ def run_audit(model, samples: SampleSet, config: AuditConfig | None = None, out_
         return None
     arrays = gather(samples, config, geo_store, att_store)
     results, table = compute_results(arrays, samples, config, model, model_info, split_info)
+    results["model"].update(_provenance(model, samples, config, model_info, weights))
+    results["data_conversions"] = dict(samples.conversions)
     results["timing"] = {"encode_s": timing.encode_s, "geometry_s": timing.geometry_s,
                          "attacks_s": timing.attacks_s, "total_s": time.perf_counter() - t0,
                          "note": "this process's compute in this invocation (chunks reused from the store cost nothing)"}
@@ -105,6 +89,14 @@ def run_audit(model, samples: SampleSet, config: AuditConfig | None = None, out_
     else:
         atomic_write_json(out / "results.json", results)
     return res
+
+
+def _provenance(model, samples: SampleSet, config: AuditConfig, model_info: dict, weights: str) -> dict:
+    """What results.json says was audited, on the CLI and the API path alike."""
+    source = getattr(model, "source", None)
+    return {"path": model_info.get("path") or (str(source) if source is not None else None),
+            "sha256": model_info.get("sha256"), "weights_sha256": weights, "prediction_type": getattr(model, "prediction_type", None),
+            "conditioning": resolved_conditioning(samples, config, model)}
 
 
 def _thumbnails(samples: SampleSet, results: dict, max_pixels: int = 64_000_000):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
-from .images import DEFAULT_MAX_PIXELS, read_image
+from .images import DEFAULT_MAX_PIXELS, read_image, read_image_info
 from .metadata import CAPTION_COLUMNS, LABEL_COLUMNS, _caption
 from .sources import Source
 
@@ -64,14 +64,20 @@ class HFSource(Source):
                 and int(key) < len(self.ds)):
             raise DataError(f"{self.spec}: no item {key!r} (keys are row indices 0..{len(self.ds) - 1})")
 
-    def pixels(self, key):
+    def _bytes(self, key) -> bytes:
         cell = self.ds[int(key)][self.image_column]
-        name = self.name(key)
         if not isinstance(cell, dict):
-            raise DataError(f"{name}: image cell is not an image")
+            raise DataError(f"{self.name(key)}: image cell is not an image")
         if cell.get("bytes"):
-            return read_image(cell["bytes"], name=name, max_pixels=self.max_pixels)
-        raise DataError(f"{name}: image has no embedded bytes (save the dataset with embedded images)")
+            return cell["bytes"]
+        raise DataError(f"{self.name(key)}: image has no embedded bytes (save the dataset with embedded images)")
+
+    def pixels(self, key):
+        return read_image(self._bytes(key), name=self.name(key), max_pixels=self.max_pixels)
+
+    def probe(self, key):
+        self.check_key(key)
+        return read_image_info(self._bytes(key), name=self.name(key), max_pixels=self.max_pixels)
 
     def meta(self, key):
         row = self.ds[int(key)]

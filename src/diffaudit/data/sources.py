@@ -17,7 +17,8 @@ import torch
 
 from ..errors import DataError
 from .idx import idx_labels_for, read_idx
-from .images import DEFAULT_MAX_PIXELS, Pixels, Transform, channels_of, is_image_file, read_image
+from .images import (DEFAULT_MAX_PIXELS, ImageInfo, Pixels, Transform, array_pixels, is_image_file, read_image,
+                     read_image_info)
 
 FASHION_MNIST_DIR = Path(os.environ.get("DIFFAUDIT_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
@@ -59,6 +60,11 @@ class Source:
         if not hasattr(self, "_keys_cache"):
             self._keys_cache = set(self.keys())
         return self._keys_cache
+
+    def probe(self, key: str) -> ImageInfo:
+        """Native size, channels and decoding conversions of one item (file sources: header only)."""
+        self.check_key(key)
+        return self.pixels(key).info
 
     def load(self, key: str) -> tuple[torch.Tensor, dict, str]:
         """(image, meta, sha256 of the native pixels) of one item."""
@@ -146,6 +152,9 @@ class FolderSource(Source):
     def pixels(self, key):
         return read_image(self.path_of(key), max_pixels=self.max_pixels)
 
+    def probe(self, key):
+        return read_image_info(self.path_of(key), max_pixels=self.max_pixels)
+
     def meta(self, key):
         return dict(self._meta.get(key, {}))
 
@@ -169,7 +178,7 @@ class _IndexedSource(Source):
             raise DataError(f"{self.spec}: no item {key!r} (keys are indices 0..{len(self.images) - 1})")
 
     def pixels(self, key):
-        return Pixels(channels_of(np.asarray(self.images[int(key)]), self.name(key)), self.lo, self.hi)
+        return array_pixels(np.asarray(self.images[int(key)]), self.lo, self.hi, self.name(key))
 
     def meta(self, key):
         return {} if self.labels is None else {"label": int(self.labels[int(key)])}

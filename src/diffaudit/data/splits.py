@@ -1,4 +1,4 @@
-"""Member / held-out split files (issue 3 §2, issue 6 hostile input).
+"""Member / held-out split files (docs/contracts.md §Data; every malformed input is refused).
 
 A split file is JSON: {"format", "role" (members|heldout), "seed", "source" {"spec", "options"?},
 "items": [{"key", "sha256"}], "skipped_duplicates"?}. `sha256` is the hash of the *decoded

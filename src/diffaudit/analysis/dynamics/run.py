@@ -78,8 +78,11 @@ def run_dynamics(model, prompts, out_dir, images_dir=None, config: DynamicsConfi
         cfg.similarity = "embedding"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from ...audit.fingerprint import model_weights_hash
+
+    # The weights key the folder: another model (or dtype) is refused, not mixed into this report.
     settings = {"config": cfg.to_dict(), "model": str(getattr(model, "source", "") or ""),
-                "prompts": [[it.id, it.prompt, it.image] for it in items]}
+                "weights_sha256": model_weights_hash(model), "prompts": [[it.id, it.prompt, it.image] for it in items]}
     _check_config(out, settings)
     images = encode_images(model, items, images_dir)
     center = None
