@@ -13,7 +13,7 @@ from diffaudit.analysis.frequency import distortion_frequency_correlation, hf_fi
 from diffaudit.analysis.strata import auc_rows, distortion_strata_over_t
 from diffaudit.errors import InputError
 from diffaudit.report import summary_table, write_report
-from diffaudit.report.sentences import ci_direction, phrase_band, phrase_change, phrase_difference
+from diffaudit.report.sentences import ci_direction, phrase_change, phrase_difference
 from diffaudit.report.tables import METRICS_COLUMNS
 from diffaudit.report.writer import FIGURES, json_safe
 
@@ -361,7 +361,6 @@ def test_sentences():
     assert phrase_difference(0.003, [-0.002, 0.008]).endswith("CI includes 0, no detectable change")
     assert phrase_difference(0.003, [float("nan"), 0.1]).endswith("cannot judge")
     assert phrase_change(0.894, 0.905, [0.008, 0.014]) == "AUC 0.894 → 0.905 (+0.011, 95% CI +0.008 to +0.014)"
-    assert phrase_band(0.909, 0.851, 0.0215).startswith("0.909 is +2.7 std from the random band")
     assert ci_direction(None) is None and ci_direction([0.0, 0.1]) == 0
 
 

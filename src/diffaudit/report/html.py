@@ -103,7 +103,9 @@ def _audited(results: Mapping) -> str:
     timing = results.get("timing") or {}
     items = [("Model", model.get("path")), ("Kind", model.get("kind")),
              ("Latent shape", "×".join(str(x) for x in model["latent_shape"]) if model.get("latent_shape") else None),
-             ("Model sha256", (model.get("sha256") or "")[:16] or None)]
+             ("Model sha256", (model.get("sha256") or "")[:16] or None),
+             ("Data conversions", ", ".join(f"{k}: {v}" for k, v in (results.get("data_conversions") or {}).items())
+              or None)]
     for role, label in (("members", "Members"), ("heldout", "Held-out")):
         s = split.get(role) or {}
         if s:
@@ -174,6 +176,26 @@ def _headline(results: Mapping) -> str:
     note = (f"Filtered = the attack's vector with the {k}% least influential latent dims dropped. " if k is not None
             else "") + "Differences are paired bootstrap estimates with 95% CIs; “t (unf/filt)” is the timestep used."
     return "<h2>Headline results</h2>" + f"<p class='muted'>{e(note)}</p>" + "".join(out)
+
+
+def _transfer(results: Mapping) -> str:
+    """What a deployed attacker gets: thresholds fitted on the calibration fold, applied to the rest."""
+    cal = ((results.get("protocols") or {}).get("calibrated") or {}).get("per_attack") or {}
+    rows = []
+    for a, s in cal.items():
+        for label, by_fpr in (s.get("threshold_transfer") or {}).items():
+            for key, r in by_fpr.items():
+                tag = "" if r.get("resolvable", True) else " (calibration fold too small for this FPR)"
+                rows.append(f"<tr><td>{e(attack_name(a))}</td><td>{e(label)}</td><td class='num'>{e(fmt(r['target_fpr'], 3))}</td>"
+                            f"<td class='num'>{e(fmt(r['fpr'], 3))} ({e(format_ci(r['fpr_ci'], 3, signed=False))})</td>"
+                            f"<td class='num'>{e(fmt(r['tpr'], 3))} ({e(format_ci(r['tpr_ci'], 3, signed=False))}){e(tag)}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h3>A deployed attacker's threshold</h3><p class='muted'>In-sample TPR@FPR picks its threshold with the "
+            "labels it is scored on. Here the threshold for each target FPR is fitted on the calibration fold's "
+            "held-out scores and applied unchanged to the evaluation fold: the realized FPR and TPR, with exact "
+            "binomial 95% CIs.</p><table><tr><th>attack</th><th>statistic</th><th>target FPR</th>"
+            "<th>realized FPR</th><th>TPR</th></tr>" + "".join(rows) + "</table>")
 
 
 def _findings(results: Mapping) -> str:
@@ -265,6 +287,7 @@ def render_html(results: Mapping, figures: Sequence[tuple[str, Path, str]], samp
         _audited(results),
         ("<h2>Warnings</h2>" + "".join(f"<p class='warn'>{e(w)}</p>" for w in warn)) if warn else "",
         _headline(results),
+        _transfer(results),
         _findings(results),
         f"<h2>Plots</h2>{figs}" if figs else "",
         _extras(results),

@@ -16,7 +16,6 @@ __all__ = [
     "ci_direction",
     "phrase_difference",
     "phrase_change",
-    "phrase_band",
     "phrase_correlation",
     "verdict_label",
     "FINDINGS_NOTE",
@@ -87,16 +86,6 @@ def phrase_change(before, after, ci=None, name: str = "AUC", digits: int = 3) ->
     diff = after - before if _ok(before) and _ok(after) else None
     tail = fmt_signed(diff, digits) + (f", {format_ci(ci, digits)}" if ci is not None else "")
     return f"{name} {fmt(before, digits)} → {fmt(after, digits)} ({tail})"
-
-
-def phrase_band(value, mean, std, what: str = "the random band", digits: int = 3) -> str:
-    """"0.909 is +2.7 std from the random band (0.851 ± 0.021)"."""
-    if not (_ok(value) and _ok(mean) and _ok(std)):
-        return f"{fmt(value, digits)} (no band to compare with)"
-    if std <= 0:
-        return f"{fmt(value, digits)} vs {what} {fmt(mean, digits)} (zero spread)"
-    z = (value - mean) / std
-    return f"{fmt(value, digits)} is {z:+.1f} std from {what} ({fmt(mean, digits)} ± {fmt(std, digits)})"
 
 
 def phrase_correlation(r, ci, what: str = "high-frequency energy", digits: int = 2) -> str:

@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ..errors import InputError
-from .sentences import attack_name, fmt, fmt_signed, format_ci, ci_direction
+from .sentences import attack_name, fmt, fmt_signed, format_ci, verdict_label
 
 __all__ = [
     "METRICS", "METRIC_LABELS", "MASK_LABELS", "METRICS_COLUMNS", "metrics_rows", "difference_rows",
@@ -179,13 +179,16 @@ def headline_rows(results: Mapping, protocol: str) -> list[dict]:
         d = s.get("diff_filtered_unfiltered") or {}
         dr = s.get("diff_filtered_random") or {}
         t_u, t_f = (t.get("unfiltered") or {}).get("auc"), (t.get("filtered") or {}).get("auc")
-        direction = ci_direction(d.get("auc_ci"))
+        # The verdict is the report's filter_gain finding (calibrated, Holm-adjusted); the paper
+        # protocol chose t with the labels it is scored on, so it is never judged.
+        finding = next((f for f in results.get("findings") or [] if f.get("id") == f"filter_gain/{attack}"), None)
+        verdict = "not judged (optimistic)" if protocol == "paper" else (verdict_label(finding) if finding else "n/a")
         out.append({
             "attack": attack_name(attack),
             "t": f"{t_u}/{t_f}" if t_u != t_f else str(t_u),
             "auc": f"{fmt(un.get('auc'))} → {fmt(fi.get('auc'))}",
             "diff": f"{fmt_signed(d.get('auc'))} ({format_ci(d.get('auc_ci'))})",
-            "verdict": {1: "gain", -1: "loss", 0: "no detectable change", None: "n/a"}[direction],
+            "verdict": verdict,
             "vs_random": f"{fmt_signed(dr.get('auc'))} ({format_ci(dr.get('auc_ci'))})" if dr else "n/a",
             "asr": f"{fmt(un.get('asr'))} → {fmt(fi.get('asr'))}",
             "tpr1": f"{fmt(un.get('tpr_at_1pct_fpr'))} → {fmt(fi.get('tpr_at_1pct_fpr'))}",

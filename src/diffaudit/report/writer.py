@@ -60,17 +60,20 @@ FIGURES = [
     ("auc_vs_t.png", "AUC against the diffusion timestep",
      lambda r: "Each attack queried at every timestep t of its grid, on all samples. Lines: unfiltered, influence "
                "filter, reverse mask; dashed lines with shaded bands: random and channel-matched random drops "
-               "(mean ± std over draws). The dotted line is chance (0.5).",
+               "(mean ± std over mask draws at fixed samples: how much the draw matters, not sampling uncertainty). The "
+               "dotted line is chance (0.5). Curves over all samples are descriptive; the verdicts are in the findings.",
      lambda r, s, i, p: plots.plot_auc_vs_t(r, p)),
     ("auc_vs_k.png", "AUC against the share of dims dropped",
      lambda r: "At the attack's best t: the influence filter drops the k% least influential dims; reverse drops "
                "the most influential; the bands are random drops of the same number of dims (anywhere, or matched "
-               "per latent channel), mean ± std. The filter helps where its curve rises above both bands.",
+               "per latent channel), mean ± std over mask draws at fixed samples. Descriptive: whether the filter "
+               "helps is judged in the findings, on held-out samples with CIs over the samples.",
      lambda r, s, i, p: plots.plot_auc_vs_k(r, p)),
     ("strata.png", "AUC by decoder-distortion quartile (paper Fig. 3)",
      lambda r: "Samples split into four quartiles of local distortion (thresholds over members and held-out "
                "together); the attack is scored within each quartile. The grey band is random subsets of the same "
-               "sizes (mean ± std). The paper finds darker (higher-distortion) lines on top.",
+               "sizes (mean ± std over subsets). The paper finds darker (higher-distortion) lines on top; the "
+               "finding tests the highest against the lowest quartile on the evaluation fold.",
      lambda r, s, i, p: plots.plot_strata(r, p)),
     ("latent_usage.png", "How much of the latent space the decoder uses",
      lambda r: "Left: mean influence of each latent channel on the decoded image (½ log of the Jacobian's diagonal, "
@@ -120,6 +123,8 @@ def _summary_md(results: Mapping, written: list[str]) -> str:
     lines = [f"# diffaudit report: {model}", "",
              f"Membership inference on {n_m} members vs {n_h} held-out images (seed {results.get('seed', '?')}). "
              "AUC 0.5 = chance; filtered = influence-filtered attack vector.", ""]
+    conv = results.get("data_conversions") or {}  # what the images went through on the way to the model
+    lines += [f"Data conversions: {', '.join(f'{k}: {v}' for k, v in conv.items())}.", ""] if conv else []
     for pname, proto in (results.get("protocols") or {}).items():
         t = markdown_table(results, pname)
         if t:
