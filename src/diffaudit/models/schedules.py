@@ -40,7 +40,7 @@ class Schedule:
     """ᾱ over t = 0 … T−1 and how the network's output maps to ε (see the module docstring)."""
 
     kind: str  # "vp" | "flow"
-    alphas_cumprod: torch.Tensor  # float32 [T]
+    alphas_cumprod: torch.Tensor  # [T]: the scheduler's float32 table (vp), float64 (flow)
     prediction_type: str  # "epsilon" | "v_prediction" | "flow_prediction"
     scheduler_class: str
 
@@ -54,9 +54,13 @@ class Schedule:
 
 
 def flow_alphas_cumprod(T: int) -> torch.Tensor:
-    """VP-equivalent ᾱ_t = (1−σ)²/((1−σ)² + σ²) on σ_t = t/T, t = 0 … T−1 (float32)."""
+    """VP-equivalent ᾱ_t = (1−σ)²/((1−σ)² + σ²) on σ_t = t/T, t = 0 … T−1.
+
+    float64: near t = 0, 1 − ᾱ_t ≈ σ² is ~1e-6, below float32's resolution next to 1, and the
+    attacks take √(1−ᾱ_t) as the noise scale (float32 would be off by percents at t = 1).
+    """
     sigma = torch.arange(T, dtype=torch.float64) / T
-    return ((1 - sigma) ** 2 / ((1 - sigma) ** 2 + sigma ** 2)).float()
+    return (1 - sigma) ** 2 / ((1 - sigma) ** 2 + sigma ** 2)
 
 
 def schedule_of(scheduler, where: str) -> Schedule:
