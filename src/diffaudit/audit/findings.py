@@ -81,7 +81,7 @@ def filter_findings(cal: dict, paper: dict, k: int, fraction: float, not_applica
 
 
 def strata_finding(scores: np.ndarray, member: np.ndarray, evaluation: np.ndarray, distortion: np.ndarray,
-                   attack: str, t: int, fraction: float, n_quantiles: int = 4) -> dict:
+                   attack: str, t: int, fraction: float, n_quantiles: int = 4, not_applicable: str | None = None) -> dict:
     """AUC in the highest- minus the lowest-distortion quantile, on the evaluation fold.
 
     `scores` [N] at the attack's calibrated t (higher = member). Quantile thresholds come from
@@ -90,9 +90,10 @@ def strata_finding(scores: np.ndarray, member: np.ndarray, evaluation: np.ndarra
     claim = "Samples in the highest-distortion quartile are more exposed (higher AUC) than the lowest (arXiv 2511.20592 Fig. 3)."
     fid = f"distortion_strata/{attack}"
     d = np.asarray(distortion, dtype=np.float64)
-    if np.ptp(d) <= 1e-9 * (1 + np.abs(d).max()):
-        return _finding(fid, claim, f"{attack_name(attack)}: distortion is the same for every sample",
-                        status="not_applicable", reason="the decoder's distortion is constant (identity or linear decoder)")
+    if not_applicable or np.ptp(d) <= 1e-6 * (1 + np.abs(d).max()):
+        return _finding(fid, claim, f"{attack_name(attack)}: no distortion strata",
+                        status="not_applicable",
+                        reason=not_applicable or "the decoder's distortion is the same for every sample (a linear decoder)")
     thr = np.quantile(d, np.arange(1, n_quantiles) / n_quantiles)
     q = np.searchsorted(thr, d, side="left")
     groups, counts = [], []

@@ -35,7 +35,9 @@ def audit_findings(arrays: dict, config: AuditConfig, protocols: dict, calibrati
     best = max(cal_rows, key=lambda a: cal_rows[a]["selection_auc"]["unfiltered"])
     t = cal_rows[best]["t"]["unfiltered"]["auc"]
     scores = -arrays[f"stats__{best}"][:, config.grid(best).index(t), 0]
-    findings.append(strata_finding(scores, member, calibration[1], arrays["distortion"], best, t, frac))
+    pixel = "pixel-space model: the decoder is the identity, so every sample has the same distortion (0)"
+    findings.append(strata_finding(scores, member, calibration[1], arrays["distortion"], best, t, frac,
+                                   not_applicable=pixel if kind == "pixel" else None))
     f = frequency_finding(freq) if freq is not None else None
     if f:
         findings.append(f)
