@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from ..metrics import auc_contrast, holm, independent_difference
-from ..report.sentences import attack_name
+from ..attacks import display_name as attack_name
 
 ALPHA = 0.05
 MIN_PER_CLASS = 20
