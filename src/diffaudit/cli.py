@@ -4,6 +4,7 @@ Each command imports its library module lazily so `diffaudit --help` stays fast.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
@@ -22,16 +23,52 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_state = {"debug": False}
 
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
-    _state["debug"] = debug
+    """`--debug` is read by `main` before parsing, so it also covers errors raised while parsing."""
 
 
 def echo(msg: str = "") -> None:
     typer.echo(msg)
+
+
+def _show_results(results: dict, report_path: Path) -> None:
+    """The summary table, then the warnings results.json carries, then where the report is."""
+    from .report import summary_table
+
+    echo(summary_table(results))
+    for w in results.get("warnings") or []:
+        echo(f"warning: {w}")
+    echo(f"report: {report_path}")
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool):
+    """With `--no-progress`, silence every bar: diffaudit's own (their `progress` argument) and the
+    ones diffusers and transformers draw while loading weights; restored afterwards."""
+    if enabled:
+        yield
+        return
+    import importlib.util
+
+    import diffusers.utils.logging as dlog
+
+    tlog = None
+    if importlib.util.find_spec("transformers") is not None:
+        import transformers.utils.logging as tlog
+    before = dlog.is_progress_bar_enabled(), tlog is not None and tlog.is_progress_bar_enabled()
+    dlog.disable_progress_bar()
+    if tlog is not None:
+        tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before[0]:
+            dlog.enable_progress_bar()
+        if before[1]:
+            tlog.enable_progress_bar()
 
 
 # -- commands begin (one function per command; keep bodies thin) --
@@ -52,15 +89,15 @@ def demo(
     import torch
 
     from .audit.demo import run_demo
-    from .report import summary_table
 
     if threads is None:
         threads = 1 if data == "digits" else min(2, os.cpu_count() or 1)
     torch.set_num_threads(max(1, threads))
 
-    result = run_demo(out, data=data, seed=seed, quick=quick, overwrite=overwrite, progress=not no_progress, log=echo)
-    echo(summary_table(result.results))
-    echo(f"report: {out / 'report.html'}")
+    with _progress_bars(not no_progress):
+        result = run_demo(out, data=data, seed=seed, quick=quick, overwrite=overwrite, progress=not no_progress,
+                          log=echo)
+    _show_results(result.results, out / "report.html")
 
 
 @app.command()
@@ -75,6 +112,8 @@ def audit(
     dtype: str = typer.Option("float32", "--dtype", help="UNet precision: float32, float16 or bfloat16 (geometry stays float32)."),
     cond: str = typer.Option("auto", "--cond", help="auto | none | caption | label"),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    resize: bool = typer.Option(False, "--resize", help="Resize images of different sizes to the model's "
+                                "(otherwise refused); every conversion is counted in results.json."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     no_progress: bool = typer.Option(False, "--no-progress"),
 ):
@@ -83,23 +122,21 @@ def audit(
     from .data import load_split_pair
     from .distributed import process_group
     from .models import LatentDiffusion
-    from .report import summary_table
 
     cfg = load_config(config, cond=cond, seed=seed)
     m_split, h_split = load_split_pair(members, holdout, root=data_root)
-    with process_group(device) as pg:
+    with process_group(device) as pg, _progress_bars(not no_progress):
         lm = LatentDiffusion.from_pretrained(model, device=pg.device, dtype=dtype)
         samples = SampleSet.from_splits(m_split, h_split, image_shape=lm.image_shape, cond=cfg.cond,
-                                        conditioning=lm.conditioning)
+                                        conditioning=lm.conditioning, resize=resize)
         split_info = {"members": {"path": str(members), "sha256": m_split.digest(), "n": len(m_split)},
                       "heldout": {"path": str(holdout), "sha256": h_split.digest(), "n": len(h_split)}}
-        info = {"path": str(model), "sha256": model_folder_hash(model)}
+        info = {"path": str(model), "sha256": model_folder_hash(model, lora=getattr(lm, "lora", None) or ())}
         result = run_audit(lm, samples, cfg, out_dir=out, model_info=info, split_info=split_info, overwrite=overwrite,
                            progress=not no_progress and pg.is_main, rank=pg.rank, world_size=pg.world_size,
                            barrier=pg.barrier)
     if result is not None:
-        echo(summary_table(result.results))
-        echo(f"report: {out / 'report.html'}")
+        _show_results(result.results, out / "report.html")
 
 
 @app.command()
@@ -136,9 +173,10 @@ def train(
 
     p = get_preset(preset)
     images, labels, split_info = load_split_images(members, p.resolution, data_root, class_conditional, data)
-    meta = train_ldm(images, p, out, labels=labels, seed=seed, progress=not no_progress, vae_steps=vae_steps,
-                     unet_steps=unet_steps, class_conditional=class_conditional, device=device,
-                     split_info=split_info)
+    with _progress_bars(not no_progress):
+        meta = train_ldm(images, p, out, labels=labels, seed=seed, progress=not no_progress, vae_steps=vae_steps,
+                         unet_steps=unet_steps, class_conditional=class_conditional, device=device,
+                         split_info=split_info)
     losses = meta["final_losses"]
     echo(f"trained {p.name} on {meta['n_members']} members: VAE loss {losses['vae']['loss']:.4f}, "
          f"UNet loss {losses['unet']['loss']:.4f} ({meta['times_s']['vae'] + meta['times_s']['unet']:.0f} s)")
@@ -161,8 +199,9 @@ def dynamics(
     dtype: str = typer.Option("float32", "--dtype", help="UNet dtype: float32, float16 (GPU) or bfloat16."),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("dynamics-report"), "--out", help="Report folder (rerun to resume)."),
+    no_progress: bool = typer.Option(False, "--no-progress"),
 ):
-    """Memorization dynamics of a text-to-image model (Kim et al. 2025; SPEC §8)."""
+    """Memorization dynamics of a text-to-image model (Kim et al. 2025, arXiv 2503.18624; docs/contracts.md)."""
     from .analysis.dynamics import DynamicsConfig, run_dynamics, torchscript_embedder
     from .errors import InputError
     from .models import LatentDiffusion
@@ -172,9 +211,10 @@ def dynamics(
     except ValueError:
         raise InputError(f"--delays must be a comma list of integers, got {delays!r}") from None
     cfg = DynamicsConfig(seeds=seeds, guidance=guidance, steps=steps, seed=seed, delays=ms, similarity=similarity)
-    ld = LatentDiffusion.from_pretrained(model, device=device, dtype=dtype)
-    emb = torchscript_embedder(embedder, device=device) if embedder is not None else None
-    s = run_dynamics(ld, prompts, out, images, cfg, emb, prompt_batch=prompt_batch)
+    with _progress_bars(not no_progress):
+        ld = LatentDiffusion.from_pretrained(model, device=device, dtype=dtype)
+        emb = torchscript_embedder(embedder, device=device) if embedder is not None else None
+        s = run_dynamics(ld, prompts, out, images, cfg, emb, progress=not no_progress, prompt_batch=prompt_batch)
     echo(f"{s['n_prompts']} prompts analysed; report in {out}")
     for name, m in s["detectors"].items():
         if m["auc"] is not None:
@@ -192,22 +232,57 @@ def report(
     """Render the report again (HTML, plots, CSVs) from a folder's results.json and samples.csv."""
     import json
 
-    from .report import rewrite_report, summary_table
+    from .report import rewrite_report
 
     paths = rewrite_report(folder, out)
-    echo(summary_table(json.loads(paths["results.json"].read_text())))
-    echo(f"report: {paths['report.html']}")
+    _show_results(json.loads(paths["results.json"].read_text()), paths["report.html"])
+
+
+@app.command("dataset-test")
+def dataset_test(
+    model: Path = typer.Option(..., "--model", help="Model folder."),
+    suspect: str = typer.Option(..., "--suspect", help="Images claimed used in training: a split file or a source spec (folder:PATH, npz:PATH, …)."),
+    reference: str = typer.Option(..., "--reference", help="Images known unused, same distribution: a split file or a source spec."),
+    out: Path = typer.Option(..., "--out", help="Folder for dataset-test.json, results.json and the cache (rerun to resume)."),
+    alpha: float = typer.Option(0.01, "--alpha", help="Level of the test."),
+    config: Optional[Path] = typer.Option(None, "--config", help="JSON or TOML audit config (see README)."),
+    folds: int = typer.Option(2, "--folds", help="Cross-fitting folds (combined by Bonferroni)."),
+    repeats: int = typer.Option(100, "--repeats", help="Subsamples per size for the images-needed curve."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    no_progress: bool = typer.Option(False, "--no-progress"),
+):
+    """Dataset inference (CDI): a p-value that the suspect images were used to train the model."""
+    from .audit import load_config, model_folder_hash
+    from .audit.dataset_test import open_side, run_dataset_test
+    from .models import LatentDiffusion
+
+    cfg = load_config(config, seed=seed)
+    p_split, u_split = open_side(suspect, "suspect"), open_side(reference, "reference")
+    lm = LatentDiffusion.from_pretrained(model, device=device)
+    doc = run_dataset_test(lm, p_split, u_split, cfg, out, alpha=alpha, folds=folds, repeats=repeats,
+                           model_info={"path": str(model), "sha256": model_folder_hash(model)}, overwrite=overwrite,
+                           progress=not no_progress, names={"suspect": suspect, "reference": reference})
+    echo(f"p-value {doc['p_value']:.3g} ({doc['n_suspect']} suspect vs {doc['n_reference']} reference images)")
+    echo(f"verdict: {doc['verdict']}")
+    c = doc["images_needed"]
+    for n, pw, (lo, hi) in zip(c["sizes"], c["power"], c["power_ci95"]):
+        echo(f"  n = {n:6d}: p < {c['alpha']:g} in {pw:6.1%} of {c['repeats']} subsamples (95% CI {lo:.2f}-{hi:.2f})")
+    echo(f"suspect images needed for power >= {c['target_power']:g}: {c['n_needed'] or 'more than ' + str(doc['n_suspect'])}")
+    echo(f"results: {out / 'dataset-test.json'}")
 
 
 # -- commands end --
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point: runs the app; DiffauditError becomes one line on stderr and exit code 2."""
+    """Entry point: runs the app. A DiffauditError becomes one line on stderr and exit code 2; a
+    usage mistake (unknown option, missing argument) prints the usage message and exits 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        app(args=args, standalone_mode=False)
+        code = app(args=args, prog_name="diffaudit", standalone_mode=False)
     except DiffauditError as e:
         if debug:
             traceback.print_exc()
@@ -216,20 +291,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume", err=True)
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as e:
+        if isinstance(e, typer.TyperException) and hasattr(e, "show"):  # typer's (vendored click) usage errors
             e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
+            sys.exit(getattr(e, "exit_code", 2))
         if debug:
             raise
         typer.echo(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
+    if isinstance(code, int) and code:  # --help and the like return their exit code in this mode
+        sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,7 +45,7 @@ def _sizes(by_size: dict) -> str:
     parts = []
     for (h, w), keys in groups[:SHOW_SIZES]:
         more = f" +{len(keys) - SHOW_FILES} more" if len(keys) > SHOW_FILES else ""
-        parts.append(f"{h}x{w}: {', '.join(keys[:SHOW_FILES])}{more}")
+        parts.append(f"{h}x{w}: {', '.join(sorted(keys)[:SHOW_FILES])}{more}")
     if len(groups) > SHOW_SIZES:
         parts.append(f"+{len(groups) - SHOW_SIZES} more sizes")
     n = sum(len(k) for k in by_size.values())
