@@ -161,11 +161,17 @@ def _cell(v):
 
 
 def write_csv(path: Path, columns: list[str], rows: Iterable[Mapping]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for r in rows:
-            w.writerow([_cell(r.get(c)) for c in columns])
+    """Write atomically (a killed process leaves the old file or the whole new one)."""
+    from .._io import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(columns)
+            for r in rows:
+                w.writerow([_cell(r.get(c)) for c in columns])
+
+    atomic_write(path, write)
     return path
 
 

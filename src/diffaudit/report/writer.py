@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import InputError
 from . import plots, plots_samples
 from .html import render_html
+from .._io import atomic_write_bytes
 from .sentences import FINDINGS_NOTE, verdict_label
 from .tables import (
     METRICS_COLUMNS, default_k, difference_rows, k_sweep_rows, markdown_table, metrics_rows,
@@ -157,7 +158,7 @@ def write_report(out_dir, results: Mapping, samples: Mapping | None, images=None
         paths[name] = path
 
     p = out / "results.json"
-    p.write_text(json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    atomic_write_bytes(p, (json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n").encode("utf-8"))
     put("results.json", p)
     put("metrics.csv", write_csv(out / "metrics.csv", METRICS_COLUMNS, metrics_rows(results)))
     diffs = difference_rows(results)
@@ -181,10 +182,10 @@ def write_report(out_dir, results: Mapping, samples: Mapping | None, images=None
             path.unlink()  # a stale plot from an earlier report in this folder would mislead
 
     listed = list(paths) + ["report.html"]
-    (out / "summary.md").write_text(_summary_md(results, listed), encoding="utf-8")
+    atomic_write_bytes(out / "summary.md", _summary_md(results, listed).encode("utf-8"))
     put("summary.md", out / "summary.md")
     html = render_html(results, figures, samples=samples, images=images, files=listed + ["summary.md"])
-    (out / "report.html").write_text(html, encoding="utf-8")
+    atomic_write_bytes(out / "report.html", html.encode("utf-8"))
     put("report.html", out / "report.html")
     return paths
 
