@@ -189,7 +189,7 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     a = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 257)  # 0 … 65535
     path = _save(tmp_path / "deep.png", a)
     assert Image.open(path).mode.startswith("I")
-    assert np.asarray(Image.open(path).convert("L")).max() == 255  # Pillow's convert clips (SPEC §9)
+    assert np.asarray(Image.open(path).convert("L")).max() == 255  # Pillow's convert clips 16-bit at 255
     x = read_image(path).to_tensor()
     torch.testing.assert_close(x[0], torch.tensor(a / 32767.5 - 1, dtype=torch.float32))
     rgba = _save(tmp_path / "rgba.png", np.dstack([_rgb(1), np.full((16, 16), 7, np.uint8)]))

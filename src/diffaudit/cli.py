@@ -131,7 +131,7 @@ def audit(
                                         conditioning=lm.conditioning, resize=resize)
         split_info = {"members": {"path": str(members), "sha256": m_split.digest(), "n": len(m_split)},
                       "heldout": {"path": str(holdout), "sha256": h_split.digest(), "n": len(h_split)}}
-        info = {"path": str(model), "sha256": model_folder_hash(model, lora=getattr(lm, "lora", None) or ())}
+        info = {"path": str(model), "sha256": model_folder_hash(model, lora=getattr(lm, "loras", None) or ())}
         result = run_audit(lm, samples, cfg, out_dir=out, model_info=info, split_info=split_info, overwrite=overwrite,
                            progress=not no_progress and pg.is_main, rank=pg.rank, world_size=pg.world_size,
                            barrier=pg.barrier)

@@ -60,9 +60,10 @@ def model_folder_hash(folder, lora=()) -> str:
     return h.hexdigest()
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
+def _tensor_bytes(t: torch.Tensor):
+    """The tensor's raw bytes as a buffer (no copy on CPU), for any dtype (bfloat16 included)."""
     t = t.detach().to("cpu").contiguous().reshape(-1)
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return t.view(torch.uint8).numpy() if t.numel() else b""
 
 
 def _update_module(h, name: str, module: torch.nn.Module) -> None:
