@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffaudit.attacks import ATTACKS, attack_sweep, loss, loss_noise, pia, register_attack, secmi, sima, statistic
+from diffaudit.attacks import (ATTACKS, attack_sweep, loss, loss_noise, pia, register_attack, secmi, sima, statistic,
+                               statistic_bank)
 from diffaudit.errors import InputError, ModelError, NonFiniteError
 
 T = 120
@@ -149,6 +150,25 @@ def test_statistic():
         statistic(v, 2, torch.ones(5))
     with pytest.raises(InputError, match="p must"):
         statistic(v, 0)
+
+
+def test_statistic_bank_is_the_batched_statistic():
+    """Column m of the bank form == statistic(v, p, mask_m) for each mask on its own."""
+    v = torch.randn(3, *SHAPE)  # float32 in, float64 out (as the audit stores it)
+    masks = (torch.rand(3, 5, D) > 0.5).float()
+    masks[:, 0] = 1  # the plain statistic
+    masks[1, 3] = 0  # a mask that drops every dim
+    for p in [1, 2, 4, 2.5, math.inf]:
+        for power in [True, False]:
+            got = statistic_bank(v, p, masks, power=power)
+            assert got.dtype == torch.float64 and got.shape == (3, 5)
+            for m in range(5):
+                want = statistic(v.double(), p, masks[:, m].reshape(v.shape), power=power)
+                torch.testing.assert_close(got[:, m], want, rtol=1e-12, atol=1e-300)
+    with pytest.raises(InputError, match=r"masks must be \[N=3, M, d=18\]"):
+        statistic_bank(v, 2, masks[:, :, :5])
+    with pytest.raises(InputError, match="p must"):
+        statistic_bank(v, -1, masks)
 
 
 def _sweep_dict(m, z, ts, **kw):

@@ -120,6 +120,16 @@ def test_hf_filtered_statistic_matches_loop(p):
         assert got[i].item() == pytest.approx(np.sum(np.abs(fa - fb) ** p) ** (1 / p), rel=1e-10)
 
 
+def test_hf_filtered_statistic_filters_the_difference_once():
+    """F is linear: Σ|F(a − b)|² (one FFT pair) equals Σ|F(a) − F(b)|² (two), in float64."""
+    a, b = torch.randn(3, 2, 8, 8, dtype=torch.float64), torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    two = (highfreq_filter(a, 2, 0.3) - highfreq_filter(b, 2, 0.3)).flatten(1).pow(2).sum(1)
+    got = hf_filtered_statistic(a, b, radius=2, scale=0.3, power=True)
+    torch.testing.assert_close(got, two, rtol=1e-12, atol=0)
+    torch.testing.assert_close(hf_filtered_statistic(a, b, radius=2, scale=0.3), two.sqrt(), rtol=1e-12, atol=0)
+    assert hf_filtered_statistic(a.float(), b.float(), radius=2, scale=0.3).dtype == torch.float64
+
+
 def test_hf_statistic_is_differentiable():
     a = torch.randn(2, 1, 8, 8, requires_grad=True)
     hf_filtered_statistic(a, torch.zeros(2, 1, 8, 8), radius=2, scale=0.1).sum().backward()

@@ -14,18 +14,15 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-# Attacks whose grid starts at t = 0 (Loss and PIA at t = 0 are degenerate: SPEC §1).
-STARTS_AT_ZERO = {"sima", "secmi"}
-
 
 @dataclass(frozen=True)
 class AuditConfig:
     attacks: tuple[str, ...] = ("sima", "loss", "pia", "secmi")
-    t_max: int = 300  # grid is range(0 or stride, t_max, stride): the papers' {0, 10, ..., 290}
+    t_max: int = 300  # grid: the multiples of t_stride below t_max from the attack's first_t on: {0, 10, ..., 290}
     t_stride: int = 10
     timesteps: dict[str, list[int]] | None = None  # per-attack override of the grid
     secmi_interval: int = 10
-    k: int = 40  # default drop percentage of the influence filter (SPEC §4)
+    k: int = 40  # default drop percentage of the influence filter (arXiv 2511.20592 §4.3)
     k_sweep: tuple[int, ...] = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90)
     n_random: int = 10  # draws of the random and channel-matched controls
     n_probes: int = 8  # Hutchinson probes for influence
@@ -57,8 +54,10 @@ class AuditConfig:
     def grid(self, attack: str) -> list[int]:
         if self.timesteps and attack in self.timesteps:
             return [int(t) for t in self.timesteps[attack]]
-        start = 0 if attack in STARTS_AT_ZERO else self.t_stride
-        return list(range(start, self.t_max, self.t_stride))
+        from ..attacks import ATTACKS
+
+        first = ATTACKS[attack].first_t  # e.g. Loss and PIA are degenerate at t = 0
+        return [t for t in range(0, self.t_max, self.t_stride) if t >= first]
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -185,7 +184,7 @@ def _coerce(name: str, value, source: str):
                 raise ValueError
             return value
         if name in ("k_sweep", "hf_timesteps"):
-            return tuple(int(v) if name == "k_sweep" else int(v) for v in value)
+            return tuple(int(v) for v in value)
         if name == "attacks":
             return tuple(str(v) for v in value)
     except (TypeError, ValueError, OverflowError):

@@ -8,7 +8,6 @@ the number of samples or with N x T x d. Every random draw is keyed by the sampl
 from __future__ import annotations
 
 import gc
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ def chunk_ranges(n: int, chunk_size: int) -> list[tuple[int, int]]:
 
 
 def _geometry_decoder(model):
-    """The decoder to differentiate and the point to do it at (VQ: after quantization, SPEC §5)."""
+    """The decoder to differentiate and the point to do it at (VQ: after quantization, arXiv 2511.20592 App. E)."""
     if hasattr(model, "geometry_decode"):
         return model.geometry_decode, model.geometry_point
     return model.decode, (lambda z: z)
@@ -136,16 +135,21 @@ def compute_chunk(model, images: torch.Tensor, cond, keys: Sequence[str], config
 
 
 def _attack_statistics(model, z, cond, keys, config: AuditConfig, masks: torch.Tensor, bs: int) -> dict:
+    """Every attack vector of the sweep, reduced at once: Σ|v|^p under each mask of the bank
+    (`attacks.statistic_bank`) and, for attacks with a decoded-image variant, the App. F
+    high-frequency statistics (`_hf_statistics`)."""
     B = z.shape[0]
+    specs = {a: attacks_mod.ATTACKS[a] for a in config.attacks}
     grids = {a: config.grid(a) for a in config.attacks}
     stats = {a: torch.zeros(B, len(grids[a]), masks.shape[1], dtype=torch.float64) for a in config.attacks}
     hf_ts = [t for t in config.hf_timesteps] if config.hf_filter else []
-    hf_attacks = [a for a in ("loss", "pia") if a in config.attacks and hf_ts]
+    hf_attacks = [a for a in config.attacks if specs[a].decoded_variant and hf_ts]
     hf = {a: torch.full((B, len(hf_ts), 2), float("nan"), dtype=torch.float64) for a in hf_attacks}
     x_ref = None
     if hf_attacks:
         with torch.no_grad():
             x_ref = _in_batches(model.decode, z, bs).float()
+    masks = masks.double()  # once per chunk, not once per (attack, t)
 
     sweep_grids = dict(grids)
     for a in hf_attacks:  # the HF variant needs these t even when the main grid skips them
@@ -156,13 +160,13 @@ def _attack_statistics(model, z, cond, keys, config: AuditConfig, masks: torch.T
             interval=config.secmi_interval, max_batch=bs * 8,
         ):
             vec = vec.detach()
-            p = attacks_mod.ATTACKS[attack].p
             if t in grids[attack]:
-                ti = grids[attack].index(t)
-                powered = vec.reshape(B, -1).abs().double() ** p
-                stats[attack][:, ti, :] = torch.einsum("bd,bmd->bm", powered, masks.double()).cpu()
+                stats[attack][:, grids[attack].index(t), :] = attacks_mod.statistic_bank(vec, specs[attack].p, masks).cpu()
             if attack in hf and t in hf_ts:
-                hf[attack][:, hf_ts.index(t), :] = _hf_statistics(model, z, vec, t, x_ref, config, bs)
+                x0 = specs[attack].predicted_x0(model.alphas_cumprod, z, vec, t)
+                with torch.no_grad():
+                    x_pred = _in_batches(model.decode, x0, bs).float()
+                hf[attack][:, hf_ts.index(t), :] = _hf_statistics(x_pred, x_ref, config.hf_scale).cpu()
     except NonFiniteError as e:
         raise NonFiniteError(f"{e} (chunk samples: {_short(keys)})") from None
     # float32 on disk and in the gathered arrays: half the memory, and far below any AUC tie.
@@ -171,22 +175,15 @@ def _attack_statistics(model, z, cond, keys, config: AuditConfig, masks: torch.T
     return out
 
 
-def _hf_statistics(model, z, vec, t: int, x_ref, config: AuditConfig, bs: int) -> torch.Tensor:
-    """App. F: decode the predicted clean latent and the target; ℓ2 of their difference, plain and
-    after scaling the high-frequency band. For Loss and PIA the prediction is z + c·vec with
-    c = √(1−ᾱ_t)/√ᾱ_t, since x̂₀ = (z_t − √(1−ᾱ_t) ε̂)/√ᾱ_t and z_t = √ᾱ_t z + √(1−ᾱ_t) ε."""
-    from ..analysis.frequency import highfreq_filter, default_radius
+def _hf_statistics(x_pred: torch.Tensor, x_ref: torch.Tensor, scale: float) -> torch.Tensor:
+    """arXiv 2511.20592 App. F on decoded images: [N, 2] float64 of ‖x̂₀ − x₀‖² (plain) and
+    ‖F(x̂₀) − F(x₀)‖² (high band scaled by `scale`, radius `default_radius`), both from one
+    difference; the filter is linear, so one FFT pair per image (`hf_filtered_statistic`)."""
+    from ..analysis.frequency import hf_filtered_statistic
 
-    a = model.alphas_cumprod[t].double().item()
-    c = math.sqrt(1 - a) / math.sqrt(a)
-    with torch.no_grad():
-        x_pred = _in_batches(model.decode, z + c * vec.to(z.dtype), bs).float()
-    diff = (x_pred - x_ref).double()
-    radius = default_radius(x_ref.shape[-1])
-    filt = highfreq_filter(x_pred, radius, config.hf_scale) - highfreq_filter(x_ref, radius, config.hf_scale)
-    plain = diff.reshape(len(z), -1).pow(2).sum(1)
-    filtered = torch.as_tensor(filt).double().reshape(len(z), -1).pow(2).sum(1)
-    return torch.stack([plain, filtered], dim=1).cpu()
+    plain = attacks_mod.statistic((x_pred - x_ref).double(), 2)
+    filtered = hf_filtered_statistic(x_pred, x_ref, scale=scale, p=2, power=True)
+    return torch.stack([plain, filtered], dim=1)
 
 
 def _short(keys: Sequence[str]) -> str:

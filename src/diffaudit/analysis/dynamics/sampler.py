@@ -1,9 +1,10 @@
 """Deterministic DDIM sampling (η = 0) with classifier-free guidance that records the whole
-trajectory: latents, ε̂_c, ε̂_u per step (SPEC §8; Kim et al. 2025 sample SD with DDIM, 50 steps,
-g = 7.5). Works over the model contract only: `eps(z_t, t, cond)`, `alphas_cumprod`.
+trajectory: latents, ε̂_c, ε̂_u per step (Kim et al. 2025, arXiv 2509.25705, sample SD with DDIM,
+50 steps, g = 7.5). Works over the model contract only: `eps(z_t, t, cond)`, `alphas_cumprod`.
 
 One DDIM step from t to t' with guided ε̂_g = ε̂_u + w (ε̂_c − ε̂_u):
-  x̂_0 = (z_t − √(1−ᾱ_t) ε̂_g) / √ᾱ_t,   z_t' = √ᾱ_t' x̂_0 + √(1−ᾱ_t') ε̂_g   (SPEC §1).
+  x̂_0 = (z_t − √(1−ᾱ_t) ε̂_g) / √ᾱ_t,   z_t' = √ᾱ_t' x̂_0 + √(1−ᾱ_t') ε̂_g
+(`diffaudit.diffusion.ddim_step`; Song et al. 2021, arXiv 2010.02502, Eq. 12).
 The state and this arithmetic stay in float32 even when the UNet runs in fp16.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..._checks import check_finite
+from ...diffusion import ddim_step
 from ...errors import InputError, ModelError
 
 
@@ -96,7 +98,7 @@ def ddim_schedule(alphas_cumprod: torch.Tensor, steps: int, scheduler_config: di
 def guidance_schedule(steps: int, guidance: float, delay: int = 0, early_guidance: float = 1.0) -> torch.Tensor:
     """Per-step w: `early_guidance` (1 = conditional only, no guidance) for the first `delay`
     steps, then `guidance` — the delayed-guidance remedy (Jain et al., CVPR 2025) that Kim et
-    al. explain (SPEC §8 "Mitigation")."""
+    al. explain (arXiv 2509.25705)."""
     if delay < 0:
         raise InputError(f"delay must be ≥ 0, got {delay}")
     w = torch.full((steps,), float(guidance), dtype=torch.float64)
@@ -148,8 +150,7 @@ def sample_ddim(
         e_u, e_c = e[:n], e[n:]
         e_g = e_u + float(w[i]) * (e_c - e_u)
         ai, ao = float(a_in[i]), float(a_out[i])
-        x0 = (z - (1 - ai) ** 0.5 * e_g) / ai**0.5
-        z = ao**0.5 * x0 + (1 - ao) ** 0.5 * e_g
+        z = ddim_step(z, e_g, ai**0.5, (1 - ai) ** 0.5, ao**0.5, (1 - ao) ** 0.5)
         lat.append(z.cpu())
         ec.append(e_c.cpu())
         eu.append(e_u.cpu())
