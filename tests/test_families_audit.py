@@ -97,3 +97,19 @@ def test_stable_diffusion_pipeline_folder_audits_end_to_end(data, tmp_path, capf
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["model"]["kind"] == "latent" and res["model"]["latent_shape"] == [4, 8, 8]
     assert {m["attack"] for m in res["metrics"]} >= {"sima", "loss", "pia", "secmi"}
+
+
+@pytest.mark.parametrize("family, conditioning", [("sdxl", "caption"), ("dit", "label"), ("pixart", "caption"),
+                                                  ("sd3", "caption"), ("flux", "caption")])
+def test_every_family_audits_end_to_end(data, tmp_path, capfd, family, conditioning):
+    from diffaudit.models.tiny_pipelines import save_tiny_pipeline
+
+    d = save_tiny_pipeline(tmp_path / family, family)
+    code, lines = audit(data, d, capfd, tmp_path / "out")
+    assert code == 0, lines
+    assert lines[-1].startswith("report: ") and not any("Loading" in ln or "[transformers]" in ln for ln in lines)
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["model"]["kind"] == "latent" and res["model"]["conditioning"] == conditioning
+    assert res["model"]["prediction_type"] == ("flow_prediction" if family in ("sd3", "flux") else "epsilon")
+    assert {m["attack"] for m in res["metrics"]} >= {"sima", "loss", "pia", "secmi"}
+    assert all(0 <= m["auc"] <= 1 for m in res["metrics"] if m.get("auc") is not None)

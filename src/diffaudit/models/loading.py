@@ -204,7 +204,10 @@ def load_pipeline_folder(root: Path, variant=None, denoiser_dtype=None) -> dict:
     if family.folder not in listed:
         raise ModelError(f"{index_path}: no {family.folder} component listed")
     cfg = read_json(root / family.folder / "config.json", "denoiser config")
-    family = family_for_config(cfg.get("_class_name"), cfg, family.folder, root / family.folder / "config.json")
+    if not family.fits(cfg.get("_class_name"), cfg):
+        other = family_for_config(cfg.get("_class_name"), cfg, family.folder, root / family.folder / "config.json")
+        raise ModelError(f"{index_path}: a {index.get('_class_name')} folder, but {family.folder}/config.json "
+                         f"holds a {other.name} denoiser")
     scheduler = load_scheduler(root / "scheduler")
     from diffusers import DiffusionPipeline
 

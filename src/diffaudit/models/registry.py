@@ -34,8 +34,21 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     Family("unet", "unet:UNetModel", "UNet2DModel", "unet",
            ("DDPMPipeline", "DDIMPipeline", "LDMPipeline"), conditioning="none or class labels"),
+    Family("sdxl", "sdxl:SDXLModel", "UNet2DConditionModel", "unet", ("StableDiffusionXLPipeline",),
+           match={"addition_embed_type": "text_time"}, conditioning="captions (two CLIP encoders, pooled, size ids)"),
     Family("sd", "unet:StableDiffusionModel", "UNet2DConditionModel", "unet",
-           ("StableDiffusionPipeline",), conditioning="captions (CLIP), an embedding, or class labels"),
+           ("StableDiffusionPipeline",), match={"addition_embed_type": None},
+           conditioning="captions (CLIP), an embedding, or class labels"),
+    Family("dit", "dit:DiTModel", "DiTTransformer2DModel", "transformer", ("DiTPipeline",),
+           conditioning="class labels (null label = num_embeds_ada_norm)"),
+    Family("pixart-alpha", "pixart:PixArtAlphaModel", "PixArtTransformer2DModel", "transformer",
+           ("PixArtAlphaPipeline",), conditioning="captions (T5, attention mask)"),
+    Family("pixart-sigma", "pixart:PixArtSigmaModel", "PixArtTransformer2DModel", "transformer",
+           ("PixArtSigmaPipeline",), conditioning="captions (T5, attention mask)"),
+    Family("sd3", "sd3:SD3Model", "SD3Transformer2DModel", "transformer", ("StableDiffusion3Pipeline",),
+           conditioning="captions (CLIP-L, CLIP-G, T5; pooled projections)"),
+    Family("flux", "flux:FluxModel", "FluxTransformer2DModel", "transformer", ("FluxPipeline",),
+           conditioning="captions (CLIP pooled, T5; guidance embedding)"),
 )
 
 

@@ -80,8 +80,9 @@ def tiny_unet2d(in_channels: int = 4, sample_size: int = 8, block_out_channels=(
 
 def tiny_unet2d_condition(in_channels: int = 4, sample_size: int = 8, block_out_channels=(16, 32),
                           cross_attention_dim: int = 32, num_class_embeds: int | None = None,
-                          seed: int = 0):
-    """UNet2DConditionModel with cross-attention (captions) and optional class embedding."""
+                          seed: int = 0, **config):
+    """UNet2DConditionModel with cross-attention (captions) and optional class embedding;
+    `config` adds UNet2DConditionModel arguments (e.g. SDXL's addition_embed_type)."""
     from diffusers import UNet2DConditionModel
 
     _seeded(seed)
@@ -91,7 +92,7 @@ def tiny_unet2d_condition(in_channels: int = 4, sample_size: int = 8, block_out_
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=8,
-        num_class_embeds=num_class_embeds,
+        num_class_embeds=num_class_embeds, **config,
     ).eval()
 
 
@@ -160,8 +161,10 @@ def write_tiny_clip_tokenizer_files(directory, captions=DEFAULT_CAPTIONS, n_merg
     return directory
 
 
-def tiny_clip_text(captions=DEFAULT_CAPTIONS, hidden_size: int = 32, max_length: int = 16, seed: int = 0):
-    """(CLIPTextModel, CLIPTokenizer) built fully offline, ids consistent with the tiny vocab."""
+def tiny_clip_text(captions=DEFAULT_CAPTIONS, hidden_size: int = 32, max_length: int = 16, seed: int = 0,
+                   projection_dim: int | None = None):
+    """(CLIPTextModel, CLIPTokenizer) built fully offline, ids consistent with the tiny vocab;
+    with `projection_dim` a CLIPTextModelWithProjection (SDXL's second, SD3's encoders)."""
     import tempfile
 
     from ..errors import MissingExtraError  # noqa: F401  (require_extra raises it)
@@ -177,8 +180,10 @@ def tiny_clip_text(captions=DEFAULT_CAPTIONS, hidden_size: int = 32, max_length:
         vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=max_length,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        **({"projection_dim": projection_dim} if projection_dim else {}),
     )
-    return transformers.CLIPTextModel(cfg).eval(), tok
+    cls = transformers.CLIPTextModelWithProjection if projection_dim else transformers.CLIPTextModel
+    return cls(cfg).eval(), tok
 
 
 def save_tiny_model_folder(directory, kind: str = "latent", image_size: int = 16, image_channels: int = 3,
