@@ -21,7 +21,7 @@ from .. import geometry, masking
 from ..errors import ModelError, NonFiniteError
 from ..rng import sample_generator
 from .plan import AuditConfig, MaskId, mask_bank
-from .samples import SampleSet
+from .samples import SampleSet, conditioning_used
 from .store import ChunkStore
 
 
@@ -90,7 +90,7 @@ def compute_chunk(model, images: torch.Tensor, cond, keys: Sequence[str], config
     t0 = time.perf_counter()
     with torch.no_grad():
         z = _in_batches(model.encode, images, bs).float()
-        if cond is not None and config.cond != "none" and hasattr(model, "encode_cond"):
+        if conditioning_used(cond, config, model):
             cond = model.encode_cond(cond)
         else:
             cond = None
