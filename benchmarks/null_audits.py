@@ -3,7 +3,8 @@
 Each of R audits builds a fresh random-weight tiny latent diffusion model (never trained, so it
 has seen none of the images), draws "members" and "held-out" at random from the same pool of
 scikit-learn digits, runs the full audit (geometry, all attacks, masks, protocols, verdicts) and
-records every finding's status. Under this null every membership effect is absent, so the share
+records every finding's status. Under this null every membership effect is absent (the label-free
+`frequency` finding is about the decoder and the images and is left out of the rate), so the share
 of "shows" verdicts must stay at or below the rate the report states (each finding ≤ 2.5%
 one-sided; the family ≤ 5% for any claim in either direction, Holm).
 
@@ -59,6 +60,12 @@ def one_run(r: int, pool: torch.Tensor, n_per_class: int, cfg, work: Path) -> di
     return {f["id"]: f["status"] for f in res.results["findings"]}
 
 
+def membership(fid: str) -> set[str]:
+    """The findings about membership; `frequency` (distortion vs band energy) uses no labels and is a
+    real property of the random decoder and the images, not something this null makes absent."""
+    return set() if fid == "frequency" else {fid}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
@@ -78,11 +85,12 @@ def main() -> None:
             statuses = one_run(r, pool, args.per_class, cfg, Path(tmp))
             for fid, s in statuses.items():
                 per_finding[fid][s] += 1
-            any_claim += any(s in ("shows", "opposite") for s in statuses.values())
-            print(f"run {r + 1}/{args.runs}: " + ", ".join(f"{k}={v}" for k, v in sorted(statuses.items())
-                                                         if v != "inconclusive") or "all inconclusive", flush=True)
-    shows = sum(c["shows"] for c in per_finding.values())
-    judged = sum(sum(c.values()) for c in per_finding.values())
+            any_claim += any(s in ("shows", "opposite") for fid, s in statuses.items() if fid in membership(fid))
+            notable = ", ".join(f"{k}={v}" for k, v in sorted(statuses.items()) if v != "inconclusive")
+            print(f"run {r + 1}/{args.runs}: {notable or 'all inconclusive'}", flush=True)
+    mem = {k: c for k, c in per_finding.items() if k in membership(k)}
+    shows = sum(c["shows"] for c in mem.values())
+    judged = sum(sum(c.values()) for c in mem.values())
     ci = binomtest(shows, judged).proportion_ci(0.95) if judged else None
     ci_any = binomtest(any_claim, args.runs).proportion_ci(0.95)
     out = {"runs": args.runs, "per_class": args.per_class, "quick": args.quick, "config": cfg.to_dict(),
