@@ -7,7 +7,7 @@ t × mask, the App. F high-frequency statistics, influence, distortion, band ene
     git worktree add /tmp/base HEAD                       # the "before" tree
     PYTHONPATH=/tmp/base/src python benchmarks/compare_stats.py save /tmp/before
     PYTHONPATH=src           python benchmarks/compare_stats.py save /tmp/after
-    python benchmarks/compare_stats.py compare /tmp/before /tmp/after
+    python benchmarks/compare_stats.py compare /tmp/before /tmp/after [--tolerate hf__ --atol 1e-6]
     git worktree remove /tmp/base
 
 `save DIR` writes DIR/stats.npz (the output of `diffaudit.audit.run.gather`) plus the run's
@@ -77,11 +77,17 @@ def compare(a: Path, b: Path, tolerate: list[str], atol: float) -> int:
         if np.array_equal(x, y, equal_nan=x.dtype.kind == "f"):
             print(f"{k}: bit-identical {x.dtype}{x.shape}")
             continue
-        diff = float(np.nanmax(np.abs(x.astype(np.float64) - y.astype(np.float64))))
-        scale = float(np.nanmax(np.abs(x.astype(np.float64)))) or 1.0
+        x64, y64 = x.astype(np.float64), y.astype(np.float64)
+        diff = float(np.nanmax(np.abs(x64 - y64)))
+        scale = float(np.nanmax(np.abs(x64))) or 1.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = float(np.nanmax(np.abs(x64 - y64) / np.abs(x64)))
         same_nan = np.array_equal(np.isnan(x), np.isnan(y)) if x.dtype.kind == "f" else True
         ok = any(k.startswith(p) for p in tolerate) and same_nan and diff <= atol * scale
-        print(f"{k}: {'rounding' if ok else 'DIFFERS'}: max |Δ| = {diff:.3g} (max |x| = {scale:.3g})")
+        print(f"{k}: {'rounding' if ok else 'DIFFERS'}: max |Δ| = {diff:.3g} (max |x| = {scale:.3g}), "
+              f"max |Δ|/|x| = {rel:.3g}")
+        if x.ndim == 3:  # e.g. hf__*: [N, t, (plain, filtered)]: which columns moved
+            print(f"  bit-identical along the last axis: {[bool(np.array_equal(x[..., j], y[..., j], equal_nan=True)) for j in range(x.shape[-1])]}")
         bad += not ok
     ma, mb = a / "metrics.csv", b / "metrics.csv"
     if ma.exists() and mb.exists():
