@@ -31,7 +31,7 @@ def test_spec_facts_and_validation(toy):
     assert display_name("sima") == "SimA" and display_name("SECMI") == "SecMI"
     assert not toy.decoded_variant and toy.needs == ("cond",) and toy.t_margin(10) == 0
     assert ATTACKS["secmi"].t_margin(10) == 10 and ATTACKS["loss"].needs_noise
-    assert [a for a, s in ATTACKS.items() if s.decoded_variant] == ["loss", "pia"]
+    assert [a for a, s in ATTACKS.items() if s.decoded_variant] == ["loss", "pia", "pian"]
     with pytest.raises(InputError, match="already registered"):
         register_attack("toy_residual", toy_residual, 3)
     assert register_attack(AttackSpec("toy_residual", toy_residual, 2), overwrite=True).p == 2

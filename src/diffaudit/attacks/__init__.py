@@ -5,7 +5,8 @@ influence mask) turns it into one number per sample: smaller ⇒ more likely a m
 any object with ``eps(z_t, t, cond=None)`` (t a LongTensor [N]) and ``alphas_cumprod`` (1-D,
 length T); see docs/contracts.md.
 
-One module per attack (``sima``, ``loss``, ``pia``, ``secmi``), each registering one
+One module per attack (``sima``, ``loss``, ``pia``, ``secmi``, ``pian``, ``pfami``, ``clid``,
+``gsa``; docs/attacks.md), each registering one
 :class:`AttackSpec` in :data:`ATTACKS`; everything else in diffaudit reads the registry. For many
 timesteps at once use :func:`attack_sweep`, which packs (sample, t) pairs into few model calls.
 """
@@ -18,9 +19,14 @@ from .sima import sima
 from .loss import loss, loss_noise
 from .pia import pia
 from .secmi import secmi
+from .pian import pian
+from .pfami import pfami
+from .clid import clid
+from .gsa import gsa, gsa_scores
 from .sweep import attack_sweep
 
 __all__ = [
     "ATTACKS", "NEEDS", "AttackSpec", "register_attack", "display_name",
-    "sima", "loss", "loss_noise", "pia", "secmi", "attack_sweep", "statistic", "statistic_bank",
+    "sima", "loss", "loss_noise", "pia", "secmi", "pian", "pfami", "clid", "gsa", "gsa_scores",
+    "attack_sweep", "statistic", "statistic_bank",
 ]

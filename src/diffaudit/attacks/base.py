@@ -13,7 +13,7 @@ from typing import Callable
 
 from ..errors import InputError
 
-__all__ = ["AttackSpec", "ATTACKS", "NEEDS", "register_attack", "display_name"]
+__all__ = ["AttackSpec", "ATTACKS", "NEEDS", "OUTPUTS", "register_attack", "display_name"]
 
 # What an attack may need beyond (model, z, t); the sweep's fallback passes each as a keyword.
 NEEDS = {
@@ -22,6 +22,15 @@ NEEDS = {
     "interval": "steps interval past t (interval=…), so t + interval < T",
     "perturbation": "draws its own keyed perturbations (sample_ids=…, seed=…; see diffaudit.rng)",
     "param_grad": "differentiates through the model's parameters (run with grad enabled)",
+    "conditional": "needs a conditional model and its null condition (model.uncond): none for unconditional models",
+}
+
+# What fn returns and how it becomes a statistic (docs/attacks.md).
+OUTPUTS = {
+    "vector": "shaped like z; statistic Σ|v|^p, under any mask",
+    "signed": "shaped like z, signed; statistic Σ v over the kept dims (no |·|), under any mask",
+    "scalar": "the statistic itself, [N]; reported unmasked (no per-dim term)",
+    "features": "[N, F] features for a classifier fitted on the calibration fold; no statistic",
 }
 
 
@@ -30,15 +39,19 @@ class AttackSpec:
     """Everything about one membership attack.
 
     ``fn(model, z, t, **needs)`` returns a vector shaped like z; its statistic is Σ|v|^p (smaller
-    ⇒ more likely a member). ``job(ctx, ts)`` (optional) returns sweep jobs that pack the
-    attack's model calls with others' (see :mod:`diffaudit.attacks.jobs`); without one the sweep
-    calls ``fn`` once per timestep. ``first_t``: the smallest t the attack is meaningful at (the
-    audit's default grid keeps the multiples of its stride that are ≥ first_t). ``predicted_x0(
+    ⇒ more likely a member); ``output`` names the exceptions. ``job(ctx, ts)`` (optional)
+    returns sweep jobs that pack the attack's model calls with others' (see
+    :mod:`diffaudit.attacks.jobs`); without one the sweep calls ``fn`` once per timestep.
+    ``first_t``: the smallest t the attack is meaningful at (the audit's default grid keeps the
+    multiples of its stride that are ≥ first_t). ``predicted_x0(
     alphas_cumprod, z, vector, t)`` gives the predicted clean latent for the decoded-image
     high-frequency variant (arXiv 2511.20592 App. F), None where that variant does not apply.
     ``sweep_priority`` 0 marks a sequential chain of calls (admitted first, first in every call);
     ``calls_per_t``: denoiser calls per sample per grid timestep in a sweep (shared calls such as
-    ε̂(z, 0) not counted).
+    ε̂(z, 0) not counted); ``backward_per_t``: backward passes through the denoiser likewise.
+    ``output``: what fn returns, one of :data:`OUTPUTS` ("vector" unless said otherwise).
+    ``grid``: the timesteps an attack that does not sweep t is evaluated at (None: the audit's
+    grid from ``first_t``).
     """
 
     name: str
@@ -53,6 +66,9 @@ class AttackSpec:
     calls_per_t: float = 1.0
     reference: str = ""
     description: str = ""
+    output: str = "vector"
+    grid: tuple[int, ...] | None = None
+    backward_per_t: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -72,6 +88,13 @@ class AttackSpec:
         if unknown:
             raise InputError(f"attack {self.name!r}: unknown needs {unknown}; known: {', '.join(NEEDS)}")
         object.__setattr__(self, "needs", needs)
+        if self.output not in OUTPUTS:
+            raise InputError(f"attack {self.name!r}: output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+        if self.grid is not None:
+            grid = tuple(self.grid)
+            if not grid or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in grid):
+                raise InputError(f"attack {self.name!r}: grid must be a non-empty tuple of ints >= 0, got {self.grid!r}")
+            object.__setattr__(self, "grid", grid)
         if not self.display_name:
             object.__setattr__(self, "display_name", self.name)
 

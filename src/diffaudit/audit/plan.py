@@ -81,6 +81,9 @@ def _validate(c: AuditConfig) -> None:
     for a in c.attacks:
         if a not in ATTACKS:
             raise ConfigError(f"unknown attack {a!r}; known: {', '.join(sorted(ATTACKS))}")
+        if ATTACKS[a].output != "vector":  # signed, scalar and feature outputs: docs/attacks.md
+            raise ConfigError(f"attack {a!r} has a {ATTACKS[a].output} output, which the audit does not reduce yet; "
+                              f"call diffaudit.attacks.{ATTACKS[a].fn.__name__} directly (docs/attacks.md)")
     if not c.attacks:
         raise ConfigError("attacks is empty")
     if not 0 <= c.k < 100:

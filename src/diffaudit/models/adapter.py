@@ -307,6 +307,12 @@ class LatentDiffusion:
         check_finite(out, "denoiser", ids if ids is not None else [f"batch row {i}" for i in range(n)])
         return out.to(z_t.device)
 
+    def eps_with_grad(self, z_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        """ε̂ with autograd through `denoiser`'s parameters, for gradient attacks (GSA,
+        docs/attacks.md): no checks, so torch.func can trace it per sample. t: a LongTensor on the
+        model's device; cond as `encode_cond` or `uncond` return it."""
+        return self._eps(z_t.to(self.device, torch.float32), t, cond)
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.kind}, {type(self.denoiser).__name__}, cond={self.conditioning}, "
                 f"latent={self.latent_shape}, s={self.scaling_factor}, dtype={self.dtype}, device={self.device})")
