@@ -17,8 +17,9 @@ change it.
 For a latent model the perturbation is applied to the image and re-encoded, z̃_λ = E(crop_λ(x)),
 as CopyMark does (github caradryanl/CopyMark, scripts/train_pfami.py), and the sample's own
 latent is E(x) alike; x is the original image when given, else D(z). (The SimA authors'
-latent-diffusion copy crops the latent itself: ``space="latent"``.) The statistic is scalar-only: it is a signed difference between the losses of
-different inputs, and a crop moves content between dims, so a per-dim mask has nothing to select.
+latent-diffusion copy crops the latent itself: ``space="latent"``.) The statistic is scalar-only:
+it is a signed difference between the losses of different inputs, and a crop moves content
+between dims, so a per-dim mask has nothing to select (docs/attacks.md).
 """
 from __future__ import annotations
 
