@@ -195,3 +195,26 @@ def test_registered_spec():
     spec = ATTACKS["clid"]
     assert spec.fn is clid and spec.display_name == "CLiD" and "perturbation" in spec.needs
     assert spec.calls_per_t == 6  # 3 timesteps × (condition + null)
+
+
+def test_clid_through_a_class_conditional_latent_diffusion_model():
+    from diffaudit.models import LatentDiffusion
+    from diffaudit.models.tiny import tiny_autoencoder_kl, tiny_scheduler, tiny_unet2d
+
+    m = LatentDiffusion(tiny_unet2d(in_channels=4, sample_size=8, block_out_channels=(8, 16), num_class_embeds=11),
+                        tiny_scheduler(), vae=tiny_autoencoder_kl(attention=False), null_label=10)
+    z = m.encode(torch.rand(3, 3, 16, 16) * 2 - 1)
+    labels = m.encode_cond([1, 5, 7])
+    ids = ["p", "q", "r"]
+    got = clid_terms(m, z, 450, labels, sample_ids=ids, seed=0)
+    # by hand with the adapter's own calls: the null condition is label 10
+    null = torch.full((3,), 10)
+    vec = 0
+    for t in (440, 450, 460):
+        e = randn_per_sample(z.shape[1:], ids, 0, f"clid/t={t}")
+        a = float(m.alphas_cumprod[t])
+        x = math.sqrt(a) * z + math.sqrt(1 - a) * e
+        vec = vec + (m.eps(x, t, labels) - e) ** 2 - (m.eps(x, t, null) - e) ** 2
+    torch.testing.assert_close(got.vector, vec / 3, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="conditional model"):
+        clid(m, z, 450, None, sample_ids=ids)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffaudit.attacks import ATTACKS
+from diffaudit.attacks import ATTACKS, attack_sweep
 from diffaudit.attacks.classifier import classifier_scores
 from diffaudit.attacks.gsa import gsa, gsa_features, gsa_layer_names, gsa_scores, gsa_timesteps
 from diffaudit.errors import InputError
@@ -246,3 +246,13 @@ def test_gsa_through_the_latent_diffusion_adapter():
     assert got.shape == (2, len(gsa_layer_names(m)))
     err = ((got - want).abs() / want.abs().amax(1, keepdim=True)).max()
     assert err < 1e-5  # float32; relative to each sample's largest feature
+
+
+def test_gsa_runs_in_a_sweep_under_no_grad():
+    m = linear_model()
+    z = torch.randn(3, *SHAPE, dtype=torch.float64)
+    ids = [1, 2, 3]
+    with torch.no_grad():
+        out = list(attack_sweep(m, z, {"gsa": [599]}, attacks=("gsa",), sample_ids=ids, seed=1))
+    assert [(a, t) for a, t, _ in out] == [("gsa", 599)]
+    torch.testing.assert_close(out[0][2], gsa(m, z, 599, sample_ids=ids, seed=1), rtol=0, atol=0)
