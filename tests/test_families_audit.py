@@ -113,3 +113,21 @@ def test_every_family_audits_end_to_end(data, tmp_path, capfd, family, condition
     assert res["model"]["prediction_type"] == ("flow_prediction" if family in ("sd3", "flux") else "epsilon")
     assert {m["attack"] for m in res["metrics"]} >= {"sima", "loss", "pia", "secmi"}
     assert all(0 <= m["auc"] <= 1 for m in res["metrics"] if m.get("auc") is not None)
+
+
+def test_lora_through_the_cli_changes_the_audited_weights(data, tmp_path, capfd):
+    pytest.importorskip("peft")
+    from diffaudit.audit.fingerprint import model_folder_hash, model_weights_hash
+    from diffaudit.models import LatentDiffusion
+    from diffaudit.models.tiny_pipelines import save_tiny_lora
+
+    d = save_tiny_model_folder(tmp_path / "sd", "text")
+    file, _ = save_tiny_lora(d, tmp_path / "lora")
+    code, lines = audit(data, d, capfd, tmp_path / "out", "--lora", f"{file}:0.5")
+    assert code == 0, lines
+    got = json.loads((tmp_path / "out" / "results.json").read_text())["model"]
+    assert got["sha256"] == model_folder_hash(d, lora=[(file, 0.5)]) != model_folder_hash(d)
+    assert got["weights_sha256"] == model_weights_hash(LatentDiffusion.from_pretrained(d, lora=[(file, 0.5)]))
+    assert got["weights_sha256"] != model_weights_hash(LatentDiffusion.from_pretrained(d))
+    code, lines = audit(data, d, capfd, tmp_path / "bad", "--lora", str(tmp_path / "missing.safetensors"))
+    assert code == 2 and lines == [f"error: {tmp_path / 'missing.safetensors'}: LoRA file does not exist"]

@@ -154,3 +154,44 @@ def save_tiny_pipeline(directory, family: str, **kwargs) -> Path:
 
 
 __all__ = ["BUILDERS", "save_tiny_pipeline", "tiny_t5_text", "tiny_t5_tokenizer"]
+
+
+def inject_tiny_lora(module, targets, r: int, alpha: int, seed: int) -> dict:
+    """LoRA layers with random A and B (B ≠ 0, unlike a fresh LoRA) injected by peft into `module`;
+    returns their peft state dict (keys "<module>.lora_A.weight" / "lora_B.weight")."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    _seeded(seed)
+    config = LoraConfig(r=r, lora_alpha=alpha, init_lora_weights=False, target_modules=list(targets))
+    inject_adapter_in_model(config, module)
+    module.peft_config = {"default": config}
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(module).items()}
+
+
+UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+CLIP_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def save_tiny_lora(base, out, text: bool = True, seed: int = 0, rank: int = 4, alpha: int = 8):
+    """A LoRA for the pipeline folder `base` (SD 1.x / SDXL: UNet attention, and CLIP attention of
+    the first text encoder with `text`), made by peft and saved by the pipeline's
+    `save_lora_weights` as diffusers' training scripts do. Returns (file, layers) with layers
+    {"unet" | "text_encoder": (peft state dict, α/r)} for fusing by hand."""
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    with quiet_libraries():
+        pipe = DiffusionPipeline.from_pretrained(base, local_files_only=True, use_safetensors=True)
+    unet = inject_tiny_lora(pipe.unet, UNET_LORA_TARGETS, rank, alpha, seed)
+    kw = {"unet_lora_layers": convert_state_dict_to_diffusers(unet),
+          "unet_lora_adapter_metadata": pipe.unet.peft_config["default"].to_dict()}
+    layers = {"unet": (unet, alpha / rank), "text_encoder": (None, 1.0)}
+    if text:
+        te = inject_tiny_lora(pipe.text_encoder, CLIP_LORA_TARGETS, 2, 2, seed + 1)
+        kw["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(te)
+        kw["text_encoder_lora_adapter_metadata"] = pipe.text_encoder.peft_config["default"].to_dict()
+        layers["text_encoder"] = (te, 1.0)
+    with quiet_libraries():
+        type(pipe).save_lora_weights(out, safe_serialization=True, **kw)
+    return Path(out) / "pytorch_lora_weights.safetensors", layers
