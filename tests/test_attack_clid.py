@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffaudit.attacks import ATTACKS, attack_sweep, statistic
+from diffaudit.attacks import ATTACKS, attack_sweep, statistic, statistic_bank
 from diffaudit.attacks.clid import clid, clid_terms, clid_threshold_scores, clid_timesteps, gaussian_conditions
 from diffaudit.errors import InputError
 from diffaudit.rng import randn_per_sample
@@ -97,9 +97,15 @@ def test_clid_terms_match_the_formulas_with_the_null_condition(data):
     # the vector's plain sum is −mean_i D_i: the threshold statistic without masks
     np.testing.assert_allclose(got.vector.reshape(4, -1).sum(1).numpy(), -disc.mean(1), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(clid(m, z, 450, c, noise_fn=noise), got.vector, rtol=0, atol=0)
-    # and with a mask it sums the kept dims' discrepancy only
+    # and with a mask it sums the kept dims' discrepancy only (the signed statistic, p = 1)
     mask = torch.rand(z.shape) > 0.5
-    np.testing.assert_allclose((got.vector * mask).reshape(4, -1).sum(1).numpy(), (vec * mask.numpy()).reshape(4, -1).sum(1))
+    kept = (vec * mask.numpy()).reshape(4, -1).sum(1)
+    np.testing.assert_allclose(statistic(got.vector, 1, mask, signed=True).numpy(), kept, rtol=1e-12, atol=1e-14)
+    bank = torch.stack([mask.reshape(4, -1), ~mask.reshape(4, -1), torch.ones(4, D, dtype=torch.bool)], 1)
+    np.testing.assert_allclose(statistic_bank(got.vector, 1, bank.double(), signed=True).numpy(),
+                               np.stack([kept, vec.reshape(4, -1).sum(1) - kept, -disc.mean(1)], 1), rtol=1e-12, atol=1e-13)
+    with pytest.raises(InputError, match="p must be 1"):
+        statistic(got.vector, 2, signed=True)
 
 
 def test_clid_with_perturbed_conditions(data):
