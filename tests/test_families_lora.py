@@ -117,6 +117,20 @@ def test_lora_for_another_architecture_is_refused(sd, tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_lora_with_weights_for_missing_modules_is_refused(sd, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    base, file, _ = sd
+    state = load_file(file)
+    down = next(k for k in state if k.endswith("lora.down.weight"))
+    up = down[: -len("lora.down.weight")] + "lora.up.weight"
+    state["unet.mid_block.no_such_block.to_q.lora.down.weight"] = state[down].clone()
+    state["unet.mid_block.no_such_block.to_q.lora.up.weight"] = state[up].clone()
+    save_file(state, tmp_path / "extra.safetensors")
+    with pytest.raises(ModelError, match=r"extra.safetensors: part of the LoRA matches no module .*no_such_block"):
+        LatentDiffusion.from_pretrained(base, lora=[(tmp_path / "extra.safetensors", 1.0)])
+
+
 def test_bad_lora_files_and_arguments(sd, tmp_path):
     base, file, _ = sd
     pickled = tmp_path / "lora.bin"
