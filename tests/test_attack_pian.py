@@ -119,3 +119,30 @@ def test_registered_spec():
     a = float(m.alphas_cumprod[40])
     np.testing.assert_allclose(spec.predicted_x0(m.alphas_cumprod, z, v, 40).numpy(),
                                (z + math.sqrt(1 - a) / math.sqrt(a) * v).numpy(), rtol=1e-12)
+
+
+def test_pian_runs_through_the_audit(tmp_path):
+    import json
+
+    from sklearn.datasets import load_digits
+
+    from diffaudit.audit import SampleSet, run_audit
+    from diffaudit.audit.plan import from_dict
+    from diffaudit.models import LatentDiffusion
+    from diffaudit.models.tiny import save_tiny_model_folder
+
+    model = LatentDiffusion.from_pretrained(save_tiny_model_folder(tmp_path / "model", image_size=8, image_channels=1))
+    x = torch.from_numpy(load_digits().images[:24, None]).float() / 8 - 1
+    samples = SampleSet.from_tensors(x[:12], x[12:])
+    cfg = from_dict(dict(attacks=["pia", "pian"], t_max=40, k=40, k_sweep=[0, 40], n_random=2, n_probes=2,
+                         svd_rank=2, svd_block_size=2, svd_power_iters=1, bootstrap=20, strata_random=2,
+                         hf_timesteps=[20], chunk_size=12, batch_size=12))
+    res = run_audit(model, samples, cfg, out_dir=tmp_path / "report", progress=False)
+    t = res.results["protocols"]["paper"]["per_attack"]["pian"]["t"]["unfiltered"]["auc"]
+    with torch.no_grad():
+        z = model.encode(samples.load([3])[0])
+        direct = float(statistic(pian(model, z, t).double(), 4))
+    assert -res.samples[f"score__pian__t{t}"][3] == pytest.approx(direct, rel=1e-5)
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert "pian" in results["protocols"]["calibrated"]["per_attack"]
+    assert "PIA-N" in (tmp_path / "report" / "report.html").read_text()
