@@ -40,6 +40,30 @@ def test_pixel_model_filter_and_strata_findings_are_not_applicable(tmp_path):
     assert set(_status(r, "distortion_strata/").values()) == {"not_applicable"}
     assert "not meaningful" in r["latent_usage"]["note"] and r["latent_usage"]["degenerate"]
     assert all(f["shows"] is None for f in r["findings"] if f["status"] == "not_applicable")
+    # The data owner's curve is the dataset test on the audit's own statistics (members vs held-out).
+    from diffaudit.analysis.dataset_inference import detection_curve
+    from diffaudit.audit.dataset_test import audit_features
+    from diffaudit.audit.run import gather  # noqa: F401  (the arrays come back from the store below)
+
+    o = r["owner_detection"]
+    assert o["sizes"][-1] == 48 and o["n_reference"] == 48 and all(0 <= p <= 1 for p in o["power"])
+    arrays = {"member": res.samples["member"], **{k: v for k, v in _stored(tmp_path / "out").items()}}
+    F, _ = audit_features(arrays, from_dict(SMALL), masks=("none",))
+    ref = detection_curve(F[arrays["member"]], F[~arrays["member"]], alpha=0.01, seed=0, repeats=20).to_dict()
+    assert ref["power"] == o["power"] and ref["sizes"] == o["sizes"]
+
+
+def _stored(out):
+    """The attack statistics as the audit stored them (chunk files of the cache)."""
+    import glob
+
+    parts: dict = {}
+    for f in sorted(glob.glob(str(out / "cache" / "attacks" / "chunk-*.npz"))):
+        with np.load(f) as z:
+            for k in z.files:
+                if k.startswith("stats__") or k.startswith("hf__"):
+                    parts.setdefault(k, []).append(z[k])
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def test_few_samples_are_not_enough_and_say_how_many_are_needed(tmp_path, capsys):

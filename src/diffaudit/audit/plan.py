@@ -40,6 +40,7 @@ class AuditConfig:
     bootstrap: int = 1000
     calibration_fraction: float = 0.5
     strata_random: int = 10
+    owner_curve_repeats: int = 20  # subsamples per size of the report's dataset-inference curve (0: off)
     chunk_size: int = 64  # samples per stored chunk (fixed: part of the result's identity)
     batch_size: int = 64  # samples per forward batch (does not change results)
     seed: int = 0
@@ -99,6 +100,8 @@ def _validate(c: AuditConfig) -> None:
     for name in ("hf_scale", "active_nats", "calibration_fraction"):
         if not math.isfinite(getattr(c, name)):
             raise ConfigError(f"{name} must be a finite number, got {getattr(c, name)}")
+    if isinstance(c.owner_curve_repeats, bool) or c.owner_curve_repeats < 0:
+        raise ConfigError(f"owner_curve_repeats must be an integer >= 0, got {c.owner_curve_repeats!r}")
     if c.hf_scale < 0 or c.active_nats <= 0:
         raise ConfigError(f"need hf_scale >= 0 and active_nats > 0, got {c.hf_scale} and {c.active_nats}")
     if not 0 < c.calibration_fraction < 1:

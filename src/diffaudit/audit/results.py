@@ -53,6 +53,7 @@ def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model
         freq["radius"] = int(default_radius(int(image_hw[1]), int(image_hw[2])))
     findings = audit_findings(arrays, config, protocols, calibration, freq, kind)
     hf = {f["id"].split("/", 1)[1]: f["detail"] for f in findings if "detail" in f}
+    owner = owner_curve(arrays, config, member)
     best = max(config.attacks, key=lambda a: protocols["paper"]["per_attack"][a]["unfiltered"]["auc"])
 
     # Per-sample table: scores at each attack's chosen t (unfiltered and filtered).
@@ -93,6 +94,22 @@ def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model
         "masks": [m.name for m in mask_bank(config) if m.draw in (None, 0)],
         "metrics": rows, "protocols": protocols, "k_sweep": sweeps, "roc": rocs,
         "latent_usage": usage, "strata": strata, "frequency": freq, "hf_filter": hf,
-        "at_risk": at_risk, "findings": findings, "warnings": warnings,
+        "at_risk": at_risk, "findings": findings, "warnings": warnings, "owner_detection": owner,
     }
     return results, table
+
+
+def owner_curve(arrays: dict, config: AuditConfig, member: np.ndarray) -> dict | None:
+    """"An owner of n training images would detect their use with probability …": the dataset
+    test (docs/dataset-inference.md) with this audit's members as the suspect set and its held-out
+    samples as the reference, on the unfiltered statistics at every t of every attack."""
+    if config.owner_curve_repeats == 0 or min(int(member.sum()), int((~member).sum())) < 10:
+        return None
+    from ..analysis.dataset_inference import detection_curve
+    from .dataset_test import audit_features
+
+    F, _ = audit_features(arrays, config, masks=("none",))
+    out = detection_curve(F[member], F[~member], alpha=0.01, seed=config.seed,
+                          repeats=config.owner_curve_repeats).to_dict()
+    out["features"] = "log attack statistics, unfiltered, every t of every attack"
+    return out

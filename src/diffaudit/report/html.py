@@ -198,6 +198,26 @@ def _transfer(results: Mapping) -> str:
             "<th>realized FPR</th><th>TPR</th></tr>" + "".join(rows) + "</table>")
 
 
+def _owner(results: Mapping) -> str:
+    """The data owner's question: how many training images make their use detectable."""
+    o = results.get("owner_detection") or {}
+    if not o.get("sizes"):
+        return ""
+    cells = "".join(f"<tr><td class='num'>{e(n)}</td><td class='num'>{e(fmt(p, 2))}</td>"
+                    f"<td class='num'>{e(fmt(ci[0], 2))}–{e(fmt(ci[1], 2))}</td></tr>"
+                    for n, p, ci in zip(o["sizes"], o["power"], o["power_ci95"]))
+    need = o.get("n_needed")
+    lead = (f"With this model, an owner of {need} training images would detect their use (p < {o['alpha']:g}) with "
+            f"probability ≥ {o['target_power']:.0%}." if need else
+            f"With this model, no tested number of training images (up to {o['sizes'][-1]}) reached "
+            f"{o['target_power']:.0%} probability of detection at p < {o['alpha']:g}.")
+    return ("<h3>Dataset inference: how many images an owner needs</h3><p>" + e(lead) + "</p><p class='muted'>"
+            "The dataset test (docs/dataset-inference.md) on random subsets of n members as the suspect set against "
+            f"the held-out images ({o['n_reference']}) as the reference, {o['repeats']} subsets per n; probability = "
+            "share of subsets rejected, with a 95% Clopper–Pearson interval.</p><table><tr><th>n images</th>"
+            "<th>probability of detection</th><th>95% CI</th></tr>" + cells + "</table>")
+
+
 def _findings(results: Mapping) -> str:
     f = results.get("findings") or []
     if not f:
@@ -288,6 +308,7 @@ def render_html(results: Mapping, figures: Sequence[tuple[str, Path, str]], samp
         ("<h2>Warnings</h2>" + "".join(f"<p class='warn'>{e(w)}</p>" for w in warn)) if warn else "",
         _headline(results),
         _transfer(results),
+        _owner(results),
         _findings(results),
         f"<h2>Plots</h2>{figs}" if figs else "",
         _extras(results),
