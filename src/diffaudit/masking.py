@@ -1,4 +1,4 @@
-"""Per-sample influence masks and masked attack statistics (SPEC §4, paper §3.3, App. B).
+"""Per-sample influence masks and masked attack statistics (arXiv 2511.20592 §3.3, App. B).
 
 Conventions, fixed so that every mask is deterministic:
 - ``k`` is the percentage of dims *dropped*, 0 ≤ k < 100. Of d dims a mask drops
@@ -92,7 +92,7 @@ def random_mask(shape: Sequence[int], k: float, generator) -> torch.Tensor:
 
 def channel_matched_mask(infl_mask: torch.Tensor, generator) -> torch.Tensor:
     """Control: per sample and latent channel (dim 1), drop as many dims as ``infl_mask`` drops
-    there, chosen at random inside the channel (SPEC §4). Dead channels stay dropped as often
+    there, chosen at random inside the channel (docs/verdicts.md: the channel-matched control). Dead channels stay dropped as often
     as the influence mask drops them, so only the within-channel ranking is randomised."""
     if not isinstance(infl_mask, torch.Tensor) or infl_mask.dim() < 3:
         raise InputError("infl_mask must be a [N, C, ...] mask tensor (batch, channel, spatial)")

@@ -1,4 +1,4 @@
-"""Distortion strata: membership AUC inside each quantile of local distortion (paper Fig. 3, SPEC §5).
+"""Distortion strata: membership AUC inside each quantile of local distortion (arXiv 2511.20592 §4.4, Fig. 3).
 
 Quantile thresholds are computed jointly over members ∪ held-out; each stratum's AUC uses only
 the members and held-out samples whose distortion falls in it. The baseline is a "random"

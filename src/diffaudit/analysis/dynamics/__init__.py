@@ -1,5 +1,5 @@
 """Memorization dynamics of text-to-image models (Kim, Kim & Lee 2025, "How Diffusion Models
-Memorize", arXiv 2509.25705; SPEC §8): latent decomposition and deviation score, alignment and
+Memorize", arXiv 2509.25705): latent decomposition and deviation score, alignment and
 overestimation, trajectory collapse, the training-loss view, Wen et al.'s detector, delayed
 guidance, over a deterministic DDIM sampler with classifier-free guidance.
 """

@@ -1,5 +1,5 @@
 """Overestimation and alignment of the noise predictions with the training image (Kim et al.
-2025, Sec. 3.2 "training loss and overestimation", Sec. 3.3 "noise predictions"; SPEC §8).
+2025, Sec. 3.2 "training loss and overestimation", Sec. 3.3 "noise predictions").
 
 All measures are per step and per seed along a recorded trajectory (z_t, ε̂_c, ε̂_u) and a
 reference clean latent z_x (the paired training image). Definitions, fixed up front:

@@ -1,5 +1,5 @@
 """All dynamics measures of one prompt: guided, unguided (w = 1) and delayed-guidance runs
-(SPEC §8; Kim et al. 2025 Sec. 3–4). Returns a JSON-able dict; nothing is written here.
+(Kim et al., arXiv 2509.25705, Sec. 3–4). Returns a JSON-able dict; nothing is written here.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from .similarity import severity
 
 @dataclass
 class DynamicsConfig:
-    """Settings of a dynamics run (defaults: the paper's SD setting, SPEC §8)."""
+    """Settings of a dynamics run (defaults: the paper's SD setting, arXiv 2509.25705 Sec. 3)."""
 
     seeds: int = 10  # generations per prompt (N = 10 in the paper)
     guidance: float = 7.5

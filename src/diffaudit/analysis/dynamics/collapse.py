@@ -1,5 +1,5 @@
 """Trajectory collapse across seeds (Kim et al. 2025: memorized prompts "collapse denoising
-trajectories"; SPEC §8 "Trajectory collapse").
+trajectories").
 
 Diversity at a step = mean pairwise L2 distance between the N seeds' latents. The schedule
 alone (deterministic DDIM, every seed heading to its own image) keeps the noise part of z_t at

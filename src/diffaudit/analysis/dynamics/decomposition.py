@@ -1,5 +1,5 @@
 """Latent decomposition and the deviation score (Kim, Kim & Lee 2025, "How Diffusion Models
-Memorize", arXiv 2509.25705, Sec. 4 "decomposition of intermediate latents"; SPEC §8).
+Memorize", arXiv 2509.25705, Sec. 4 "decomposition of intermediate latents").
 
 Each intermediate latent z_t of one trajectory is fitted, by least squares without intercept,
 on two columns: the clean latent z_x of the paired training image (or the trajectory's own
@@ -70,7 +70,7 @@ def theoretical_coefficients(alphas_out: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def deviation_scores(w0: torch.Tensor, wT: torch.Tensor, alphas_out: torch.Tensor) -> dict:
-    """Deviation of the seed-averaged coefficients from the schedule, summed over steps (SPEC §8):
+    """Deviation of the seed-averaged coefficients from the schedule, summed over steps (arXiv 2509.25705 Sec. 4):
     D_0 = Σ_t (E[w_0(t)] − √ᾱ_t),  D_T = −Σ_t (E[w_T(t)] − √(1−ᾱ_t)); larger = more memorized.
 
     w0, wT: [S, N] (steps × seeds) or [S] (already averaged); alphas_out: [S].

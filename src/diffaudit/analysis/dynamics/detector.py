@@ -1,5 +1,5 @@
 """The established memorization detector of Wen et al. (ICLR 2024, "Detecting, Explaining,
-and Mitigating Memorization in Diffusion Models"; SPEC §8 "Detection anchor"), and the
+and Mitigating Memorization in Diffusion Models", arXiv 2407.21720), and the
 separation metrics used to compare it with the deviation score.
 
 Per step the L2 norm over the whole latent of ε̂(z_t, c) − ε̂(z_t, ∅) along the sampled
@@ -32,7 +32,7 @@ def separation(positive, negative) -> dict:
     """AUC and TPR@1%FPR for scores where higher = the positive class (memorized).
 
     Uses `diffaudit.metrics.membership_metrics` when that module is present, otherwise
-    scikit-learn's ROC (TPR at the largest threshold with FPR ≤ 1%, SPEC §2).
+    scikit-learn's ROC (TPR at the largest threshold with FPR ≤ 1%, as diffaudit.metrics).
     """
     pos, neg = np.asarray(positive, float), np.asarray(negative, float)
     if len(pos) == 0 or len(neg) == 0:

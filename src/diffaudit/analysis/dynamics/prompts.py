@@ -96,8 +96,8 @@ def read_prompts(path) -> list[PromptItem]:
 def load_image(path, shape: tuple[int, int, int]) -> torch.Tensor:
     """One image file → float32 [C, H, W] in [-1, 1], resized (bicubic) to `shape`'s H×W.
 
-    16-bit greyscale PNGs are rescaled from 0..65535 (Pillow's convert would clip them at 255,
-    SPEC §9); decompression bombs and unreadable files raise DataError naming the file.
+    16-bit greyscale PNGs are rescaled from 0..65535 (Pillow's convert would clip them at 255);
+    decompression bombs and unreadable files raise DataError naming the file.
     """
     from PIL import Image
 

@@ -1,4 +1,4 @@
-"""Memorization severity: similarity of generated images to the training image (SPEC §8).
+"""Memorization severity: similarity of generated images to the training image (arXiv 2509.25705 Sec. 3).
 
 Kim et al. measure it with SSCD copy-detection embeddings (a prompt counts as memorized at
 similarity ≥ 0.75). diffaudit accepts any user-supplied local embedding model (a callable, or
