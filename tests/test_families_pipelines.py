@@ -203,3 +203,55 @@ def test_mismatched_pipeline_and_denoiser_is_one_line(root, tmp_path):
     (d / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(ModelError, match=r"a StableDiffusionPipeline folder, but unet/config.json holds a sdxl denoiser"):
         LatentDiffusion.from_pretrained(d)
+
+
+def test_sd3_without_t5_uses_zeros_for_it(root, tmp_path):
+    import shutil
+
+    d = tmp_path / "sd3-no-t5"
+    shutil.copytree(save_tiny_pipeline(root / "sd3-t5", "sd3"), d)
+    index = json.loads((d / "model_index.json").read_text())
+    (d / "model_index.json").write_text(json.dumps({**index, "text_encoder_3": [None, None], "tokenizer_3": [None, None]}))
+    shutil.rmtree(d / "text_encoder_3")
+    m = LatentDiffusion.from_pretrained(d)
+    assert m.text_encoder_3 is None and m.conditioning == "caption"
+    emb, pooled = m._split(m.encode_cond(CAPS))
+    assert emb.shape == (2, 16 + 256, 32) and (emb[:, 16:] == 0).all() and pooled.abs().sum() > 0
+
+
+def test_unet_pipeline_folders_and_a_transformer_component_folder(root, tmp_path):
+    """DDPMPipeline (pixel) and LDMPipeline (its VQ first stage is `vqvae/`) folders load through
+    diffusers; a DiT in a component folder (transformer/ vae/ scheduler/) loads part by part."""
+    from diffaudit.models.tiny import tiny_scheduler, tiny_unet2d, tiny_vq_model
+
+    diffusers.DDPMPipeline(unet=tiny_unet2d(in_channels=3, sample_size=16), scheduler=tiny_scheduler()).save_pretrained(tmp_path / "ddpm")
+    m = LatentDiffusion.from_pretrained(tmp_path / "ddpm")
+    assert m.kind == "pixel" and m.family == "unet" and m.image_shape == (3, 16, 16)
+    vq, unet = tiny_vq_model(), tiny_unet2d(in_channels=3, sample_size=8)
+    diffusers.LDMPipeline(vqvae=vq, unet=unet, scheduler=diffusers.DDIMScheduler()).save_pretrained(tmp_path / "ldm")
+    m = LatentDiffusion.from_pretrained(tmp_path / "ldm")
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert m.kind == "vq" and m.image_shape == (3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(m.encode(x), vq.encode(x).latents)
+        torch.testing.assert_close(m.eps(m.encode(x), T), unet(vq.encode(x).latents, T).sample)
+    pipe = diffusers.DiffusionPipeline.from_pretrained(save_tiny_pipeline(root / "dit-c", "dit"))
+    for part in ("transformer", "vae", "scheduler"):
+        getattr(pipe, part).save_pretrained(tmp_path / "dit-components" / part)
+    m = LatentDiffusion.from_pretrained(tmp_path / "dit-components")
+    z = _latents(m)
+    with torch.no_grad():
+        ref = pipe.transformer(z, timestep=T, class_labels=torch.tensor([0, 2])).sample[:, :4]
+    torch.testing.assert_close(m.eps(z, T, m.encode_cond([0, 2])), ref)
+
+
+def test_the_docs_table_lists_every_family():
+    from pathlib import Path
+
+    from diffaudit.models.registry import FAMILIES
+
+    doc = (Path(__file__).parents[1] / "docs" / "models.md").read_text()
+    table = doc.split("## Supported families")[1].split("\n\n")[1]
+    for fam in FAMILIES:
+        assert f"`{fam.name}`" in table and f"`{fam.denoiser}`" in table, fam.name
+        assert all(f"`{p}`" in table for p in fam.pipelines), fam.name

@@ -273,3 +273,17 @@ def test_pickled_text_encoder_is_refused(tmp_path, pickle_payload):
     with pytest.raises(ModelError, match=r"sd/text_encoder: cannot load text encoder \(pickled weights refused"):
         LatentDiffusion.from_pretrained(d)
     assert not marker.exists()
+
+
+def test_text_encoder_weights_missing_from_the_checkpoint_are_an_error(tmp_path):
+    """transformers would leave them at random initialization (and only log it)."""
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file, save_file
+
+    d = save_tiny_model_folder(tmp_path / "sd", "text")
+    st = d / "text_encoder" / "model.safetensors"
+    state = load_file(st)
+    state.pop(next(k for k in state if k.endswith("final_layer_norm.weight")))
+    save_file(state, st, metadata={"format": "pt"})
+    with pytest.raises(ModelError, match=r"weights missing from the checkpoint.*final_layer_norm"):
+        LatentDiffusion.from_pretrained(d)

@@ -211,7 +211,10 @@ def load_pipeline_folder(root: Path, variant=None, denoiser_dtype=None) -> dict:
     scheduler = load_scheduler(root / "scheduler")
     from diffusers import DiffusionPipeline
 
-    skip = {k: None for k in SKIPPED_COMPONENTS if k in index}
+    # not loaded: the parts diffaudit never needs, and parts the index leaves out ([null, null],
+    # e.g. SD3 without T5), which diffusers wants passed explicitly as None
+    skip = {k: None for k, v in index.items() if not k.startswith("_")
+            and (k in SKIPPED_COMPONENTS or (isinstance(v, list) and all(x is None for x in v)))}
     dtypes = {family.folder: denoiser_dtype or torch.float32, "default": torch.float32}
     pipe = _from_pretrained(lambda: DiffusionPipeline.from_pretrained(
         root, local_files_only=True, use_safetensors=True, variant=variant, torch_dtype=dtypes, **skip),
