@@ -33,7 +33,7 @@ import torch
 from ..diffusion import check_timesteps
 from ..errors import InputError
 from .base import register_attack
-from .common import check_cond, model_eps, prepare
+from .common import check_cond, keyed_noise, model_eps, prepare
 
 __all__ = ["clid", "clid_terms", "ClidTerms", "clid_timesteps", "gaussian_conditions", "clid_threshold_scores",
            "DEFAULT_OFFSETS"]
@@ -92,14 +92,7 @@ def clid_terms(model, z: torch.Tensor, t=450, cond=None, *, null_cond=None, pert
             raise InputError("a reduced condition is None: the model's null condition must be a tensor")
         check_cond(c, n)
     if noise_fn is None:
-        if sample_ids is None:
-            raise InputError("clid needs sample_ids (noise keyed by sample id) or noise_fn(t)")
-        if len(sample_ids) != n:
-            raise InputError(f"sample_ids has {len(sample_ids)} entries for {n} samples")
-        from ..rng import randn_per_sample
-
-        def noise_fn(t_):
-            return randn_per_sample(z.shape[1:], list(sample_ids), seed, f"clid/t={t_}", dtype=z.dtype, device=z.device)
+        noise_fn = keyed_noise(z, sample_ids, seed, "clid", lambda t_: f"clid/t={t_}")
 
     dims = tuple(range(1, z.dim()))
     vec = torch.zeros_like(z)

@@ -73,3 +73,20 @@ def residual_x0(alphas_cumprod, z: torch.Tensor, vector: torch.Tensor, t: int) -
     a = alphas_cumprod[t].double().item()
     c = math.sqrt(1 - a) / math.sqrt(a)
     return z + c * vector.to(z.dtype)
+
+
+def keyed_noise(z: torch.Tensor, sample_ids, seed: int, attack: str, purpose: Callable[..., str]) -> Callable:
+    """noise(*key) → N(0, I) draws shaped like z, one generator per sample keyed by
+    (seed, sample id, purpose(*key)) (docs/architecture.md: batching changes no number)."""
+    if sample_ids is None:
+        raise InputError(f"{attack} needs sample_ids (noise keyed by sample id) or noise_fn")
+    if len(sample_ids) != z.shape[0]:
+        raise InputError(f"sample_ids has {len(sample_ids)} entries for {z.shape[0]} samples")
+    from ..rng import randn_per_sample
+
+    ids = list(sample_ids)
+
+    def noise(*key):
+        return randn_per_sample(z.shape[1:], ids, seed, purpose(*key), dtype=z.dtype, device=z.device)
+
+    return noise

@@ -34,7 +34,7 @@ from ..diffusion import check_timesteps, vp_schedule
 from ..errors import InputError, NonFiniteError
 from .base import register_attack
 from .classifier import classifier_scores
-from .common import check_cond
+from .common import check_cond, keyed_noise
 
 __all__ = ["gsa", "gsa_features", "gsa_timesteps", "gsa_layer_names", "gsa_scores", "denoiser_of"]
 
@@ -105,14 +105,7 @@ def gsa_features(model, z: torch.Tensor, t=None, cond=None, *, sample_ids: Seque
     ts = gsa_timesteps(t, n_timesteps, s.T)
     k = len(ts)
     if noise_fn is None:
-        if sample_ids is None:
-            raise InputError("gsa needs sample_ids (noise keyed by sample id) or noise_fn(t)")
-        if len(sample_ids) != n:
-            raise InputError(f"sample_ids has {len(sample_ids)} entries for {n} samples")
-        from ..rng import randn_per_sample
-
-        def noise_fn(t_):
-            return randn_per_sample(z.shape[1:], list(sample_ids), seed, f"gsa/t={t_}", dtype=z.dtype, device=z.device)
+        noise_fn = keyed_noise(z, sample_ids, seed, "gsa", lambda t_: f"gsa/t={t_}")
 
     eps = []
     for t_ in ts:

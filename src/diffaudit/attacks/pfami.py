@@ -32,7 +32,7 @@ from .._checks import check_batched
 from ..diffusion import check_timesteps
 from ..errors import InputError
 from .base import register_attack
-from .common import model_eps, prepare
+from .common import keyed_noise, model_eps, prepare
 from .jobs import Emit, Request, Spawn
 
 __all__ = ["pfami", "center_crop", "pfami_timesteps", "pfami_inputs", "DEFAULT_STRENGTHS"]
@@ -112,16 +112,7 @@ def _noise(z: torch.Tensor, sample_ids, seed: int, noise_fn: Callable | None) ->
     """noise(k, t) → a checked tensor shaped like z: ``noise_fn``, else draws keyed by
     (seed, sample id, "pfami/k=…/t=…")."""
     if noise_fn is None:
-        if sample_ids is None:
-            raise InputError("pfami needs sample_ids (noise keyed by sample id) or noise_fn(k, t)")
-        if len(sample_ids) != z.shape[0]:
-            raise InputError(f"sample_ids has {len(sample_ids)} entries for {z.shape[0]} samples")
-        from ..rng import randn_per_sample
-
-        ids = list(sample_ids)
-
-        def noise_fn(k, t):
-            return randn_per_sample(z.shape[1:], ids, seed, f"pfami/k={k}/t={t}", dtype=z.dtype, device=z.device)
+        noise_fn = keyed_noise(z, sample_ids, seed, "pfami", lambda k, t: f"pfami/k={k}/t={t}")
 
     def noise(k, t):
         e = noise_fn(k, t)
