@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .._checks import check_batched, check_finite
+from ..diffusion import check_timesteps
 from ..errors import InputError, ModelError
 from .conditioning import Conditioning
 from .first_stage import FirstStage
@@ -200,17 +201,7 @@ class LatentDiffusion(Conditioning):
 
     # -- noise prediction --
     def _timesteps(self, t, n: int) -> torch.Tensor:
-        t = torch.as_tensor(t)
-        if t.is_floating_point():
-            raise InputError("timesteps must be integers")
-        t = t.to(torch.long)
-        if t.dim() == 0:
-            t = t.expand(n)
-        if tuple(t.shape) != (n,):
-            raise InputError(f"timesteps must have shape [{n}], got {tuple(t.shape)}")
-        if ((t < 0) | (t >= self.num_train_timesteps)).any():
-            raise InputError(f"timesteps must lie in [0, {self.num_train_timesteps}), got {t.min().item()}..{t.max().item()}")
-        return t.to(self.device)
+        return check_timesteps(t, n, self.num_train_timesteps, self.device, what="timesteps")
 
     def _predict(self, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         """The denoiser's raw output for input x (its dtype) at timesteps t (float32 out)."""
