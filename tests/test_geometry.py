@@ -88,11 +88,12 @@ def test_influence_is_half_log_diag(dec, z, J):
 
 
 # -- singular values / distortion ------------------------------------------------------------------
-@pytest.mark.parametrize("algorithm", ["subspace", "block_krylov"])
+@pytest.mark.parametrize("algorithm", ["subspace", "block_krylov", "gkl"])
 @pytest.mark.parametrize("method", ["jvp", "fd"])
 def test_singular_values_match_svdvals(dec, z, J, method, algorithm):
     truth = torch.linalg.svdvals(J)
-    # Defaults: subspace K=20, p=30, q=2 (the paper's); block_krylov 11 blocks of 10 (capped at d = 64).
+    # Defaults: subspace K=20, p=30, q=2 (the paper's); block_krylov 11 blocks of 10 (capped at
+    # d = 64); gkl blocks of 2 until every top-20 Ritz residual is ≤ 3e-3·σ.
     sv = singular_values(dec, z, method=method, algorithm=algorithm, generator=gens(3))
     assert sv.shape == (3, 20)
     assert torch.all(sv[:, :-1] >= sv[:, 1:])
@@ -109,6 +110,50 @@ def test_block_krylov_matches_svdvals(dec, z, J):
     torch.testing.assert_close(sv, truth, rtol=1e-9, atol=0)  # 4 blocks of 16 span d = 64
     sv = singular_values(dec, z, algorithm="block_krylov", block_size=20, power_iters=2, generator=gens(3))
     assert ((sv - truth).abs() / truth).max() < 0.05
+
+
+def test_gkl_stops_per_sample_and_counts_its_products(dec, z, J):
+    truth = torch.linalg.svdvals(J)[:, :20]
+    for method, rtol in (("jvp", 1e-9), ("fd", 1e-8)):
+        # A tight tolerance: every sample runs until its top 20 are exact (to float / O(h²)).
+        stats = {}
+        sv = singular_values(dec, z, method=method, algorithm="gkl", tol=1e-11, generator=gens(3), stats=stats)
+        torch.testing.assert_close(sv, truth, rtol=rtol, atol=0)
+        assert stats["products"].shape == (3,) and (stats["products"] <= 2 * 64).all()
+    # The default tolerance stops earlier, each sample on its own, with its residuals ≤ 3e-3·σ
+    # (so, for well-separated values, errors far below that).
+    stats = {}
+    sv = singular_values(dec, z, algorithm="gkl", method="jvp", generator=gens(3), stats=stats)
+    used = stats["products"]
+    assert (used % 4 == 0).all() and (used >= 2 * 20).all() and (used < 2 * 64).all()
+    assert ((sv - truth).abs() / truth).max() < 1e-3
+    # Each sample alone spends the products it spent in the batch.
+    for i in range(3):
+        alone = {}
+        singular_values(dec, z[i:i + 1], algorithm="gkl", method="jvp", generator=gens(1, start=i), stats=alone)
+        assert alone["products"].tolist() == [used[i].item()]
+    # The other algorithms' fixed counts: (2q+2)·ℓ; block Krylov's basis stops at d = 64 columns
+    # (64 J·v, 60 Jᵀ·y) before its 11 blocks of 10.
+    for kw, count in (({"algorithm": "subspace"}, 6 * 50), ({"algorithm": "block_krylov"}, 64 + 60)):
+        stats = {}
+        singular_values(dec, z, generator=gens(3), stats=stats, **kw)
+        assert stats["products"].tolist() == [count] * 3
+
+
+def test_gkl_on_an_invariant_subspace_and_a_rank_deficient_jacobian():
+    z = torch.randn(2, 4, 4, 4, dtype=F64, generator=torch.Generator().manual_seed(4))
+    # An identity-like decoder: every Krylov space is invariant, each step finds no new direction.
+    sv = singular_values(lambda t: 2 * t, z, algorithm="gkl", method="jvp", generator=gens(2))
+    torch.testing.assert_close(sv, torch.full((2, 20), 2.0, dtype=F64), rtol=1e-12, atol=0)
+    # Rank 40 < rank asked (45): the zero singular values come out as (near) zeros.
+    W = torch.randn(64, 64, dtype=F64, generator=torch.Generator().manual_seed(5))
+    W[:, 40:] = 0
+    decode = lambda t: torch.tanh(t.flatten(1) @ W.T)  # noqa: E731
+    truth = torch.linalg.svdvals(full_jacobians(decode, z))[:, :45]
+    sv = singular_values(decode, z, rank=45, algorithm="gkl", method="jvp", generator=gens(2))
+    # Ritz values from JᵀJ: σ_i to about eps·σ₁²/σ_i, so absolute to ~1e-9·σ₁ here.
+    torch.testing.assert_close(sv[:, :40], truth[:, :40], rtol=1e-9, atol=1e-9 * truth[:, 0].max().item())
+    assert (sv[:, 40:] < 1e-6 * sv[:, :1]).all()
 
 
 def test_distortion_topk_is_sum_log_top_singular_values(dec, z, J):
@@ -158,6 +203,9 @@ def test_batched_equals_one_at_a_time_and_chunk_sizes(dec, z):
                                                      algorithm="subspace", generator=g, **kw),
         "bk": lambda zz, g, **kw: singular_values(dec, zz, rank=4, block_size=3, power_iters=2,
                                                   algorithm="block_krylov", generator=g, **kw),
+        "gkl": lambda zz, g, **kw: singular_values(dec, zz, rank=4, algorithm="gkl", method="jvp", generator=g, **kw),
+        "gkl_fd": lambda zz, g, **kw: singular_values(dec, zz, rank=4, block_size=1, algorithm="gkl",
+                                                      vjp_mode=kw.pop("vjp_mode", "loop"), generator=g, **kw),
         "slq": lambda zz, g, **kw: distortion(dec, zz, estimator="slq", slq_probes=3, slq_steps=5, generator=g, **kw),
     }
     for name, f in calls.items():
@@ -252,6 +300,9 @@ def test_non_finite_decoder_names_the_samples(dec, z):
     (lambda d, z: singular_values(d, z, method="bogus"), "method"),
     (lambda d, z: singular_values(d, z, h=-1.0, method="fd"), "h must be"),
     (lambda d, z: singular_values(d, z, algorithm="lanczos"), "algorithm"),
+    (lambda d, z: singular_values(d, z, algorithm="gkl", tol=0.0), "tol must be"),
+    (lambda d, z: singular_values(d, z, algorithm="gkl", block_size=2, power_iters=8), "spans block_size"),
+    (lambda d, z: distortion(d, z, algorithm="gkl", tol=1.5), "tol must be"),
     (lambda d, z: distortion(d, z, estimator="exact"), "estimator"),
     (lambda d, z: distortion(d, z, estimator="slq", slq_probes=0), "slq_probes"),
     (lambda d, z: jacobian_diag(lambda t: d(t).sum(), z), "batch-first tensor"),

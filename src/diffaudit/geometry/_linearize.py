@@ -75,11 +75,11 @@ class Linearization:
     """J_D at samples z[0..n) (global indices first_id..): products as [n, rows, cols] matrices."""
 
     def __init__(self, decode, z: torch.Tensor, out_shape, *, first_id=0, method="jvp", h=None,
-                 items=64, vjp_mode="loop"):
+                 items=64, vjp_mode="loop", ids=None):
         self.decode, self.z = decode, z.detach()
         self.n, self.zshape, self.xshape = z.shape[0], tuple(z.shape[1:]), tuple(out_shape)
         self.d, self.m = math.prod(self.zshape), math.prod(self.xshape)
-        self.ids = list(range(first_id, first_id + self.n))
+        self.ids = list(ids) if ids is not None else list(range(first_id, first_id + self.n))
         self.method, self.h, self.items, self.vjp_mode = method, h, items, vjp_mode
         self._graph = None  # (z with grad, x, columns) kept between reverse calls
         self.products = 0  # Jacobian products per sample so far (J·v and Jᵀ·y each count 1)
@@ -87,12 +87,18 @@ class Linearization:
             prepare_callable_for_jvp(decode)
 
     # -- J·V ---------------------------------------------------------------------------------
-    def jvp(self, V: torch.Tensor) -> torch.Tensor:
-        """[n, k, *zshape] tangents -> [n, k, *xshape] products J_n·v."""
+    def restrict(self, rows: list[int]) -> "Linearization":
+        """The same linearization at samples `rows` only (a kept graph is rebuilt when needed)."""
+        return Linearization(self.decode, self.z[rows], self.xshape, ids=[self.ids[r] for r in rows],
+                             method=self.method, h=self.h, items=self.items, vjp_mode=self.vjp_mode)
+
+    def jvp(self, V: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+        """[n, k, *zshape] tangents -> [n, k, *xshape] products J_n·v (at samples `rows` if given)."""
         n, k = V.shape[:2]
-        z_items = self.z.repeat_interleave(k, dim=0)  # contiguous: forward AD rejects stride-0 views
+        z, ids = (self.z, self.ids) if rows is None else (self.z[rows], [self.ids[r] for r in rows])
+        z_items = z.repeat_interleave(k, dim=0)  # contiguous: forward AD rejects stride-0 views
         v_items = V.reshape(n * k, *self.zshape).to(self.z.dtype).contiguous()
-        owner = [self.ids[i // k] for i in range(n * k)]
+        owner = [ids[i // k] for i in range(n * k)]
         step = self.items if self.method == "jvp" else max(1, self.items // 2)
         outs = [self._jvp_items(z_items[s:s + step], v_items[s:s + step], owner[s:s + step])
                 for s in range(0, n * k, step)]
@@ -116,25 +122,37 @@ class Linearization:
         return check_items(out, owner, "decoder JVP")
 
     # -- Jᵀ·Y --------------------------------------------------------------------------------
-    def vjp(self, Y: torch.Tensor) -> torch.Tensor:
-        """[n, k, *xshape] cotangents -> [n, k, *zshape] products J_nᵀ·y."""
+    def vjp(self, Y: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+        """[n, k, *xshape] cotangents -> [n, k, *zshape] products J_nᵀ·y (at samples `rows` if given).
+
+        Mode "loop" backpropagates through the graph at all samples (zero cotangents for the
+        others): cheaper than a new forward while most samples are still in `rows`.
+        """
         n, k = Y.shape[:2]
         self.products += k
+        ids = self.ids if rows is None else [self.ids[r] for r in rows]
         if self.vjp_mode == "loop":
             zg, x = self._graph_for(self.z, self.ids, key="loop")
             Y = Y.to(x.dtype)
+            if rows is not None:
+                full = Y.new_zeros(self.n, k, *self.xshape)
+                full[rows] = Y
+                Y = full
             with _grad_context():
                 cols = [torch.autograd.grad(x, zg, Y[:, j], retain_graph=True)[0] for j in range(k)]
             out = torch.stack(cols, dim=1)
-            return check_items(out.reshape(n, -1), self.ids, "decoder VJP").reshape(n, k, *self.zshape)
-        z_items = self.z.repeat_interleave(k, dim=0)  # contiguous: forward AD rejects stride-0 views
+            if rows is not None:
+                out = out[rows]
+            return check_items(out.reshape(n, -1), ids, "decoder VJP").reshape(n, k, *self.zshape)
+        z = self.z if rows is None else self.z[rows]
+        z_items = z.repeat_interleave(k, dim=0)  # contiguous: forward AD rejects stride-0 views
         y_items = Y.reshape(n * k, *self.xshape).contiguous()
-        owner = [self.ids[i // k] for i in range(n * k)]
+        owner = [ids[i // k] for i in range(n * k)]
         outs = []
         for s in range(0, n * k, self.items):
             e = min(n * k, s + self.items)
             # One chunk holding every item: keep its graph for the next call with k columns.
-            key = ("fold", k) if e - s == n * k else None
+            key = ("fold", k, None if rows is None else tuple(rows)) if e - s == n * k else None
             zg, x = self._graph_for(z_items[s:e], owner[s:e], key=key)
             with _grad_context():
                 outs.append(torch.autograd.grad(x, zg, y_items[s:e].to(x.dtype), retain_graph=key is not None)[0])
@@ -155,14 +173,14 @@ class Linearization:
         self._graph = None
 
     # -- matrix forms ------------------------------------------------------------------------
-    def matmul(self, V: torch.Tensor) -> torch.Tensor:
+    def matmul(self, V: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
         """[n, d, k] -> [n, m, k]: J_n V_n."""
         n, _, k = V.shape
-        out = self.jvp(V.transpose(1, 2).reshape(n, k, *self.zshape))
+        out = self.jvp(V.transpose(1, 2).reshape(n, k, *self.zshape), rows)
         return out.reshape(n, k, self.m).transpose(1, 2)
 
-    def rmatmul(self, Y: torch.Tensor) -> torch.Tensor:
+    def rmatmul(self, Y: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
         """[n, m, k] -> [n, d, k]: J_nᵀ Y_n."""
         n, _, k = Y.shape
-        out = self.vjp(Y.transpose(1, 2).reshape(n, k, *self.xshape))
+        out = self.vjp(Y.transpose(1, 2).reshape(n, k, *self.xshape), rows)
         return out.reshape(n, k, self.d).transpose(1, 2).to(self.z.dtype)

@@ -9,7 +9,7 @@ from ._inputs import (GeneratorArg, check_choice, check_positive_int, draw, item
                       per_sample_generators, WORKSPACE_ELEMS)
 from ._linearize import Linearization, output_shape, resolve_vjp_mode
 from .slq import PROBES, slq_logdet
-from .svd import _check_sv_args, singular_values
+from .svd import GKL_TOL, _check_sv_args, singular_values
 
 ESTIMATORS = ("topk", "slq")
 
@@ -17,8 +17,8 @@ ESTIMATORS = ("topk", "slq")
 def distortion(decode, z: torch.Tensor, rank: int = 20, oversample: int = 30, power_iters: int | None = None,
                method: str = "fd", h: float | None = None, generator: GeneratorArg = None,
                estimator: str = "topk", *, algorithm: str = "block_krylov", block_size: int | None = None,
-               slq_probes: int = 16, slq_steps: int = 30, slq_probe: str = "rademacher",
-               max_batch: int | None = None, vjp_mode: str = "auto") -> torch.Tensor:
+               tol: float = GKL_TOL, slq_probes: int = 16, slq_steps: int = 30, slq_probe: str = "rademacher",
+               max_batch: int | None = None, vjp_mode: str = "auto", stats: dict | None = None) -> torch.Tensor:
     """Per-sample local log-volume, `[N]`.
 
     `estimator="topk"` (the paper's tables): S_K = Σ_{i≤rank} log σ_i from `singular_values`
@@ -31,7 +31,8 @@ def distortion(decode, z: torch.Tensor, rank: int = 20, oversample: int = 30, po
     if estimator == "topk":
         sv = singular_values(decode, z, rank=rank, oversample=oversample, power_iters=power_iters,
                              method=method, h=h, generator=generator, algorithm=algorithm,
-                             block_size=block_size, max_batch=max_batch, vjp_mode=vjp_mode)
+                             block_size=block_size, tol=tol, max_batch=max_batch, vjp_mode=vjp_mode,
+                             stats=stats)
         return torch.log(sv).sum(dim=1)
     z, d, h = _check_sv_args(z, 1, 0, 0, method, h, "subspace", None)
     n_probes = check_positive_int(slq_probes, "slq_probes")

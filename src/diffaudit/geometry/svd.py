@@ -30,18 +30,28 @@ from ..errors import InputError
 from ._inputs import (GeneratorArg, WORKSPACE_ELEMS, check_choice, check_latent, check_positive_int,
                       default_fd_step, draw, items_per_call, per_sample_generators)
 from ._linearize import Linearization, output_shape, resolve_vjp_mode
+from .lanczos import gkl_svdvals
 
 METHODS = ("jvp", "fd")
-ALGORITHMS = ("subspace", "block_krylov")
+ALGORITHMS = ("subspace", "block_krylov", "gkl")
 PAPER_POWER_ITERS = 2  # Algorithm 1's q (SPEC §3)
 KRYLOV_BLOCK_SIZE = 10  # block_krylov defaults: 11 blocks of 10 columns, measured in issue 5
 KRYLOV_POWER_ITERS = 10
+GKL_BLOCK_SIZE = 2  # gkl defaults: blocks of 2, stopped at residual tol·σ, basis ≤ 10·rank
+GKL_TOL = 3e-3
+GKL_MAX_SPAN_PER_RANK = 10
 
 
-def resolve_svd_options(algorithm: str, power_iters: int | None, block_size: int | None) -> tuple[int, int | None]:
+def resolve_svd_options(algorithm: str, power_iters: int | None, block_size: int | None,
+                        rank: int = 20) -> tuple[int, int | None]:
     """The per-algorithm defaults of `power_iters` and `block_size` (None = default)."""
     if algorithm == "subspace":
         return (PAPER_POWER_ITERS if power_iters is None else power_iters), None
+    if algorithm == "gkl":
+        b = GKL_BLOCK_SIZE if block_size is None else block_size
+        if power_iters is None and isinstance(b, int) and b > 0:
+            power_iters = -(-GKL_MAX_SPAN_PER_RANK * rank // b) - 1  # ceil(10·rank / b) steps
+        return power_iters, b
     return ((KRYLOV_POWER_ITERS if power_iters is None else power_iters),
             (KRYLOV_BLOCK_SIZE if block_size is None else block_size))
 
@@ -77,7 +87,7 @@ def block_krylov_svdvals(lin: Linearization, W0: torch.Tensor, blocks: int) -> t
     return torch.linalg.svdvals(torch.linalg.qr(torch.cat(images, dim=2), mode="r").R)
 
 
-def _check_sv_args(z, rank, oversample, power_iters, method, h, algorithm, block_size):
+def _check_sv_args(z, rank, oversample, power_iters, method, h, algorithm, block_size, tol=GKL_TOL):
     z = check_latent(z)
     rank = check_positive_int(rank, "rank")
     check_positive_int(oversample, "oversample", minimum=0)
@@ -86,6 +96,8 @@ def _check_sv_args(z, rank, oversample, power_iters, method, h, algorithm, block
     check_choice(algorithm, "algorithm", ALGORITHMS)
     if block_size is not None:
         check_positive_int(block_size, "block_size")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (0 < tol < 1):
+        raise InputError(f"tol must be a number in (0, 1), got {tol!r}")
     d = z[0].numel()
     if rank > d:
         raise InputError(f"rank={rank} exceeds the latent dimension d={d}: a Jacobian has at most d singular values")
@@ -98,43 +110,56 @@ def _check_sv_args(z, rank, oversample, power_iters, method, h, algorithm, block
 
 def singular_values(decode, z: torch.Tensor, rank: int = 20, oversample: int = 30, power_iters: int | None = None,
                     method: str = "fd", h: float | None = None, generator: GeneratorArg = None, *,
-                    algorithm: str = "block_krylov", block_size: int | None = None,
-                    max_batch: int | None = None, vjp_mode: str = "auto") -> torch.Tensor:
-    """Top-`rank` singular values of J_D(z) per sample, `[N, rank]`, descending (SPEC §3).
+                    algorithm: str = "block_krylov", block_size: int | None = None, tol: float = GKL_TOL,
+                    max_batch: int | None = None, vjp_mode: str = "auto", stats: dict | None = None) -> torch.Tensor:
+    """Top-`rank` singular values of J_D(z) per sample, `[N, rank]`, descending (paper §3.2, App. A).
 
     `method`: J·V by forward mode ("jvp", `torch.func.jvp`, made to work through diffusers
     attention, see `prepare_decoder_for_jvp`) or central differences ("fd",
     (D(z+hv) − D(z−hv))/2h along unit columns v, default h = eps^(1/3) of z's dtype); Jᵀ·Y by
     reverse mode. `algorithm="subspace"` is the paper's Algorithm 1 exactly: ℓ = min(rank +
-    oversample, d) columns, `power_iters` (default 2) passes. The default `"block_krylov"` (see
-    the module docstring: fewer products, smaller error, measured) uses `power_iters + 1`
-    (default 11) blocks of `block_size` (default 10, capped at d) columns; `oversample` is
-    Algorithm 1's only. `generator`: one, or one per sample (diffaudit.rng);
-    `max_batch`, `vjp_mode` as in `jacobian_diag`.
+    oversample, d) columns, `power_iters` (default 2) passes. `"block_krylov"` uses
+    `power_iters + 1` (default 11) blocks of `block_size` (default 10, capped at d) columns.
+    `"gkl"`: Golub–Kahan–Lanczos with blocks of `block_size` (default 1) columns, stopped per
+    sample once every top-`rank` Ritz residual is ≤ `tol`·σ, after at most `power_iters + 1`
+    steps (default 10·rank). `oversample` is Algorithm 1's only, `tol` gkl's only.
+    `generator`: one, or one per sample (diffaudit.rng); `max_batch`, `vjp_mode` as in
+    `jacobian_diag`. `stats`: a dict to receive `products`, the Jacobian products (J·v and Jᵀ·y
+    each count 1) spent per sample, a LongTensor `[N]`.
     """
-    power_iters, block_size = resolve_svd_options(algorithm, power_iters, block_size)  # _check_sv_args checks algorithm
-    z, d, h = _check_sv_args(z, rank, oversample, power_iters, method, h, algorithm, block_size)
+    rank = check_positive_int(rank, "rank")
+    power_iters, block_size = resolve_svd_options(algorithm, power_iters, block_size, rank)  # checked below
+    z, d, h = _check_sv_args(z, rank, oversample, power_iters, method, h, algorithm, block_size, tol)
     gens = per_sample_generators(generator, z.shape[0])
-    width = min(block_size, d) if algorithm == "block_krylov" else min(rank + oversample, d)
-    if algorithm == "block_krylov" and min(width * (power_iters + 1), d) < rank:
-        raise InputError(f"block_krylov spans block_size·(power_iters+1) = {width * (power_iters + 1)} < rank={rank} "
+    width = min(block_size, d) if algorithm in ("block_krylov", "gkl") else min(rank + oversample, d)
+    if algorithm in ("block_krylov", "gkl") and min(width * (power_iters + 1), d) < rank:
+        raise InputError(f"{algorithm} spans block_size·(power_iters+1) = {width * (power_iters + 1)} < rank={rank} "
                          "dimensions; raise block_size or power_iters")
     xshape = output_shape(decode, z)
     m = math.prod(xshape)
     items = items_per_call(max_batch, m)
-    mode = resolve_vjp_mode(vjp_mode, z.device)
-    span = width * (power_iters + 1) if algorithm == "block_krylov" else width
+    # gkl on a CPU too folds its few columns per sample into one backward through a kept graph:
+    # measured faster than a backward per column (benchmarks/README.md).
+    mode = "fold" if algorithm == "gkl" and vjp_mode == "auto" else resolve_vjp_mode(vjp_mode, z.device)
+    span = width if algorithm == "subspace" else min(d, width * (power_iters + 1))
     chunk = items if mode == "loop" else max(1, items // width)
     chunk = max(1, min(chunk, WORKSPACE_ELEMS // (2 * span * max(m, d))))
-    out = []
+    out, products = [], []
     for s in range(0, z.shape[0], chunk):
         zc = z[s:s + chunk]
         lin = Linearization(decode, zc, xshape, first_id=s, method=method, h=h, items=items, vjp_mode=mode)
         start = draw(gens[s:s + chunk], (width, d), like=zc).transpose(1, 2)  # [n, d, width]
-        if algorithm == "subspace":
-            sv = subspace_svdvals(lin, start, power_iters)
+        if algorithm == "gkl":
+            sv, used = gkl_svdvals(lin, start, rank, power_iters + 1, tol)
         else:
-            sv = block_krylov_svdvals(lin, start, power_iters + 1)
+            if algorithm == "subspace":
+                sv = subspace_svdvals(lin, start, power_iters)
+            else:
+                sv = block_krylov_svdvals(lin, start, power_iters + 1)
+            used = torch.full((zc.shape[0],), lin.products, dtype=torch.long)
         lin.release()
         out.append(sv[:, :rank])
+        products.append(used)
+    if stats is not None:
+        stats["products"] = torch.cat(products)
     return torch.cat(out)
