@@ -18,12 +18,14 @@ import torch
 
 # Component folders of a model folder whose files determine the results (diffusers layout,
 # including the transformer-based families and their second/third text encoders).
-MODEL_PARTS = ("vae", "unet", "transformer", "scheduler", "text_encoder", "tokenizer", "text_encoder_2",
+MODEL_PARTS = ("vae", "vqvae", "unet", "transformer", "scheduler", "text_encoder", "tokenizer", "text_encoder_2",
                "tokenizer_2", "text_encoder_3", "tokenizer_3")
 
 
 # Settings of the model object (not of a module) that change what it computes.
-SCALARS = ("prediction_type", "scaling_factor", "shift_factor", "null_label", "kind")
+# Settings that change ε̂ without changing a weight: SDXL's micro-conditions, FLUX's guidance embedding.
+SCALARS = ("prediction_type", "scaling_factor", "shift_factor", "null_label", "kind", "original_size", "target_size",
+           "crops_coords_top_left", "guidance")
 
 
 def _update_file(h, path: Path) -> None:
