@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plan import AuditConfig, MaskId, mask_bank
+from .plan import (CLASSIFIER_PROTOCOL, NOT_IN_PAPER_PROTOCOL, UNMASKED_REASONS, AuditConfig, MaskId, attack_bank,
+                   is_masked, mask_bank, output_kind)
 from ..metrics import METRICS, metrics_matrix
-from .protocol import calibration_split, summarise_attack
+from .protocol import calibration_split, summarise_attack, summarise_classifier
 
 
 def bank_columns(bank: list[MaskId], k: int) -> dict:
@@ -97,8 +98,15 @@ def latent_usage(influence: np.ndarray, latent_shape, k: int, active_nats: float
     return usage
 
 
-def build_summaries(arrays: dict, config: AuditConfig) -> tuple[dict, list[dict], dict, dict, tuple]:
-    """(protocols, metric rows, k sweeps, ROC curves, (calibration, evaluation) masks) for every attack."""
+def build_summaries(arrays: dict, config: AuditConfig) -> tuple[dict, list[dict], dict, dict, tuple, dict]:
+    """(protocols, metric rows, k sweeps, ROC curves, (calibration, evaluation) masks, classifier
+    scores) for every attack with stored arrays (a skipped attack has none).
+
+    Masked attacks (vector and signed outputs) get every row and control; a scalar attack
+    (PFAMI) its unfiltered rows only; a feature attack (GSA) one calibrated-protocol row from a
+    classifier fitted on the calibration fold, and no paper-protocol row (its scores [N], NaN on
+    the calibration fold, are the last element). docs/attacks.md, "In the audit".
+    """
     from sklearn.metrics import roc_curve
 
     member = arrays["member"].astype(bool)
@@ -115,20 +123,45 @@ def build_summaries(arrays: dict, config: AuditConfig) -> tuple[dict, list[dict]
                                        "samples; the verdicts are judged here"),
                        "calibration_fraction": config.calibration_fraction, "per_attack": {}},
     }
-    rows, sweeps, rocs = [], {}, {}
-    for i, a in enumerate(config.attacks):
-        stats = arrays[f"stats__{a}"]
+    rows, sweeps, rocs, scores = [], {}, {}, {}
+    for i, a in enumerate(config.attacks):  # i keys each attack's bootstrap: stable when others are skipped
+        kind = output_kind(a)
         grid = config.grid(a)
+        if kind == "features":
+            if f"{a}__features" not in arrays:
+                continue
+            summ, scores[a] = summarise_classifier(arrays[f"{a}__features"], member, grid[0], config.bootstrap,
+                                                   config.seed + 101 * i, cal, classifier_seed=config.seed)
+            summ.update(protocol_note=CLASSIFIER_PROTOCOL, unmasked=UNMASKED_REASONS[kind])
+            protocols["calibrated"]["per_attack"][a] = summ
+            protocols["paper"].setdefault("omitted", {})[a] = NOT_IN_PAPER_PROTOCOL
+            ev = cal[1]
+            fpr, tpr, _ = roc_curve(member[ev], scores[a][ev], drop_intermediate=False)
+            rocs[a] = {"t": grid[0], "fold": "evaluation", "unfiltered": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}}
+            continue
+        if f"stats__{a}" not in arrays:
+            continue
+        stats = arrays[f"stats__{a}"]
+        masked = is_masked(a)
+        a_bank = attack_bank(config, a)
+        a_cols = cols if masked else {"none": 0}
+        settings = {} if masked else {"settings": ("none",)}
         for p in ("paper", "calibrated"):
             protocols[p]["per_attack"][a] = summarise_attack(
-                stats, member, grid, cols, config.bootstrap, config.seed + 101 * i, p, cal)
-        rows.extend(metric_rows(a, stats, member, grid, bank))
+                stats, member, grid, a_cols, config.bootstrap, config.seed + 101 * i, p, cal, **settings)
+            if not masked:
+                protocols[p]["per_attack"][a]["unmasked"] = UNMASKED_REASONS[kind]
+        rows.extend(metric_rows(a, stats, member, grid, a_bank))
         ti = grid.index(protocols["paper"]["per_attack"][a]["t_unfiltered_auc"])
-        sweeps[a] = k_sweep(stats, member, grid, bank, config.k_sweep, ti)
-        tf = grid.index(protocols["paper"]["per_attack"][a]["t"]["filtered"]["auc"])
-        roc = {"t": grid[ti], "t_filtered": grid[tf]}
-        for name, col, tt in (("unfiltered", cols["none"], ti), ("filtered", cols["influence"], tf)):
+        roc = {"t": grid[ti]}
+        curves = [("unfiltered", cols["none"] if masked else 0, ti)]
+        if masked:
+            sweeps[a] = k_sweep(stats, member, grid, bank, config.k_sweep, ti)
+            tf = grid.index(protocols["paper"]["per_attack"][a]["t"]["filtered"]["auc"])
+            roc["t_filtered"] = grid[tf]
+            curves.append(("filtered", cols["influence"], tf))
+        for name, col, tt in curves:
             fpr, tpr, _ = roc_curve(member, -stats[:, tt, col], drop_intermediate=False)
             roc[name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
         rocs[a] = roc
-    return protocols, rows, sweeps, rocs, cal
+    return protocols, rows, sweeps, rocs, cal, scores

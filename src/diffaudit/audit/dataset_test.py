@@ -18,7 +18,7 @@ import torch
 from .. import __version__
 from .._io import atomic_write_json
 from ..errors import DataError
-from .plan import AuditConfig, mask_bank
+from .plan import AuditConfig, attack_bank
 from .samples import SampleSet
 
 FORMAT = "diffaudit.dataset-test/1"
@@ -98,9 +98,14 @@ def audit_features(arrays: dict, config: AuditConfig, masks=None) -> tuple[np.nd
 
     if masks is None:
         masks = ("none", f"influence@{config.k}") if config.k > 0 else ("none",)
-    grids = {a: config.grid(a) for a in config.attacks}
     hf_ts = list(config.hf_timesteps) if config.hf_filter else []
-    return statistic_features(arrays, grids, [m.name for m in mask_bank(config)], masks, hf_ts)
+    parts = []  # per attack: its own mask bank (a scalar attack has "none" only; a feature attack none)
+    for a in (a for a in config.attacks if f"stats__{a}" in arrays):
+        names = [m.name for m in attack_bank(config, a)]
+        parts.append(statistic_features(arrays, {a: config.grid(a)}, names, [m for m in masks if m in names], hf_ts))
+    if not parts:
+        raise DataError("no attack statistics were stored: no feature columns for the dataset test")
+    return np.concatenate([F for F, _ in parts], axis=1), [c for _, cs in parts for c in cs]
 
 
 def run_dataset_test(model, suspect, reference, config: AuditConfig, out_dir, alpha: float = 0.01,

@@ -53,11 +53,17 @@ class AuditConfig:
         _validate(self)
 
     def grid(self, attack: str) -> list[int]:
+        """The attack's timesteps: the config's `timesteps` for it, else the attack's own grid
+        (attacks that do not sweep t: PFAMI, CLiD, GSA; docs/attacks.md), else the multiples of
+        t_stride below t_max from the attack's first_t on."""
         if self.timesteps and attack in self.timesteps:
             return [int(t) for t in self.timesteps[attack]]
         from ..attacks import ATTACKS
 
-        first = ATTACKS[attack].first_t  # e.g. Loss and PIA are degenerate at t = 0
+        spec = ATTACKS[attack]
+        if spec.grid is not None:
+            return list(spec.grid)
+        first = spec.first_t  # e.g. Loss and PIA are degenerate at t = 0
         return [t for t in range(0, self.t_max, self.t_stride) if t >= first]
 
     def to_dict(self) -> dict:
@@ -82,9 +88,6 @@ def _validate(c: AuditConfig) -> None:
     for a in c.attacks:
         if a not in ATTACKS:
             raise ConfigError(f"unknown attack {a!r}; known: {', '.join(sorted(ATTACKS))}")
-        if ATTACKS[a].output != "vector":  # signed, scalar and feature outputs: docs/attacks.md
-            raise ConfigError(f"attack {a!r} has a {ATTACKS[a].output} output, which the audit does not reduce yet; "
-                              f"call diffaudit.attacks.{ATTACKS[a].fn.__name__} directly (docs/attacks.md)")
     if not c.attacks:
         raise ConfigError("attacks is empty")
     if not 0 <= c.k < 100:
@@ -127,6 +130,9 @@ def _validate(c: AuditConfig) -> None:
                 raise ConfigError(f"timesteps names attack {a!r} which is not in attacks")
             if not ts or any(int(t) < 0 for t in ts):
                 raise ConfigError(f"timesteps[{a!r}] must be a non-empty list of t >= 0")
+            if ATTACKS[a].output == "features" and len(ts) != 1:
+                raise ConfigError(f"timesteps[{a!r}] must hold one t: a feature attack is scored by one classifier "
+                                  f"on the features at one t (got {list(ts)})")
 
 
 _TUPLES = ("attacks", "k_sweep", "hf_timesteps")
@@ -243,7 +249,7 @@ class MaskId:
 
 
 def mask_bank(config: AuditConfig) -> list[MaskId]:
-    """The masks, in the column order of the stored statistics."""
+    """The masks, in the column order of the stored statistics of a masked attack."""
     ks = sorted(set(k for k in config.k_sweep if k > 0) | {config.k} - {0})
     out = [MaskId("none")]
     for k in ks:
@@ -252,3 +258,50 @@ def mask_bank(config: AuditConfig) -> list[MaskId]:
         out.extend(MaskId("random", k, r) for r in range(config.n_random))
         out.extend(MaskId("channel", k, r) for r in range(config.n_random))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# How each attack's output is stored and summarised (docs/attacks.md, "In the audit").
+
+# Why an output kind is reported without masks (results.json and the report quote these).
+UNMASKED_REASONS = {
+    "scalar": "a difference of losses of different inputs: masks have nothing to select "
+              "(one number per sample, no per-dim term aligned with the latent)",
+    "features": "its features live in parameter space (one gradient norm per parameter tensor), "
+                "not in latent space: masks have nothing to select",
+}
+CLASSIFIER_PROTOCOL = "classifier trained on the calibration fold (no shadow model)"
+NOT_IN_PAPER_PROTOCOL = ("a classifier has to be fitted on labelled samples and scored on others; the paper "
+                         "protocol scores every sample, so it would score the classifier's own training samples")
+
+
+def output_kind(attack: str) -> str:
+    """"vector" | "signed" | "scalar" | "features" (`AttackSpec.output`)."""
+    from ..attacks import ATTACKS
+
+    return ATTACKS[attack].output
+
+
+def is_masked(attack: str) -> bool:
+    """Whether the attack's statistic is computed under the whole mask bank (vector and signed
+    outputs) rather than unmasked only."""
+    return output_kind(attack) in ("vector", "signed")
+
+
+def attack_bank(config: AuditConfig, attack: str) -> list[MaskId]:
+    """The masks of `stats__{attack}`'s last axis: the whole bank, or "none" alone for a scalar."""
+    return mask_bank(config) if is_masked(attack) else [MaskId("none")]
+
+
+def check_grids(config: AuditConfig, n_timesteps: int, attacks=None) -> None:
+    """Every grid t of every attack must lie in the model's [0, T) (SecMI: t + interval < T);
+    one ConfigError naming the attack and the t, before any compute."""
+    from ..attacks import ATTACKS
+
+    for a in config.attacks if attacks is None else attacks:
+        margin = ATTACKS[a].t_margin(config.secmi_interval)
+        for t in config.grid(a):
+            if t + margin >= n_timesteps:
+                extra = f" + interval {margin}" if margin else ""
+                raise ConfigError(f"attack {a!r}: t={t}{extra} is outside the model's timesteps 0..{n_timesteps - 1}; "
+                                  f"set timesteps[{a!r}] (or t_max) below {n_timesteps - margin}")

@@ -65,23 +65,28 @@ def select_t(stats: np.ndarray, member: np.ndarray, sel: np.ndarray, columns: li
 
 
 def summarise_attack(stats: np.ndarray, member: np.ndarray, grid: list[int], cols: dict, n_boot: int,
-                     seed: int, protocol: str, calibration: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+                     seed: int, protocol: str, calibration: tuple[np.ndarray, np.ndarray] | None = None,
+                     settings: tuple[str, ...] = SETTINGS) -> dict:
     """One attack's row of the Table-1-style summary under one protocol.
 
     stats: [N, T, M] statistics (lower = member); cols: {"none": j, "influence": j, "reverse": j,
     "random": [j...], "channel": [j...]} column indices of the mask bank at the default k.
+    `settings`: the rows to summarise (an unmasked attack: ("none",), whose summary then has
+    the unfiltered row only and no differences).
     """
     if protocol not in ("paper", "calibrated"):
         raise InputError(f"protocol must be 'paper' or 'calibrated', got {protocol!r}")
+    if not settings or any(s not in SETTINGS for s in settings) or "none" not in settings:
+        raise InputError(f"settings must be among {SETTINGS} and include 'none', got {settings!r}")
     cal, ev = calibration if protocol == "calibrated" else (np.ones(len(member), bool),) * 2
-    chosen = {s: select_t(stats, member, cal, _columns(cols, s), by_metric=protocol == "paper") for s in SETTINGS}
+    chosen = {s: select_t(stats, member, cal, _columns(cols, s), by_metric=protocol == "paper") for s in settings}
 
     # Evaluation columns (one [N] slice each: the audit's [N, T, M] array is never copied whole),
     # deduplicated, with one shared bootstrap so that every difference is paired.
     y_ev = member[ev]
     keys: dict[tuple[int, int], int] = {}
     columns = []
-    for s in SETTINGS:
+    for s in settings:
         for m in METRICS:
             for j in _columns(cols, s):
                 if (chosen[s][m], j) not in keys:
@@ -95,7 +100,7 @@ def summarise_attack(stats: np.ndarray, member: np.ndarray, grid: list[int], col
         return [keys[(chosen[s][m], j)] for j in _columns(cols, s)]
 
     rows: dict = {"t": {}}
-    for s in SETTINGS:
+    for s in settings:
         r = rows[LABEL[s]] = {}
         rows["t"][LABEL[s]] = {m: grid[chosen[s][m]] for m in METRICS}
         for m in METRICS:
@@ -108,6 +113,8 @@ def summarise_attack(stats: np.ndarray, member: np.ndarray, grid: list[int], col
         r["t"] = grid[chosen[s]["auc"]]
 
     for key, (a, b) in DIFFERENCES.items():
+        if a not in settings or b not in settings:
+            continue
         d = {}
         for m in METRICS:
             d[m] = float(point[m][idx(a, m)].mean() - point[m][idx(b, m)].mean())
@@ -123,9 +130,9 @@ def summarise_attack(stats: np.ndarray, member: np.ndarray, grid: list[int], col
         rows[key] = d
 
     if protocol == "calibrated":
-        rows["selection_auc"] = {LABEL[s]: chosen[s]["_auc_at_t"] for s in SETTINGS}
+        rows["selection_auc"] = {LABEL[s]: chosen[s]["_auc_at_t"] for s in settings}
         rows["threshold_transfer"] = {}
-        for s in ("none", "influence"):
+        for s in (s for s in ("none", "influence") if s in settings):
             j, ti = _columns(cols, s)[0], chosen[s]["auc"]
             score = -stats[:, ti, j]
             rows["threshold_transfer"][LABEL[s]] = {
@@ -134,3 +141,33 @@ def summarise_attack(stats: np.ndarray, member: np.ndarray, grid: list[int], col
     rows["n_eval"] = {"members": int(y_ev.sum()), "heldout": int((~y_ev).sum())}
     rows["t_unfiltered_auc"] = grid[chosen["none"]["auc"]]
     return rows
+
+
+def summarise_classifier(features: np.ndarray, member: np.ndarray, t: int, n_boot: int, seed: int,
+                         calibration: tuple[np.ndarray, np.ndarray], classifier_seed: int = 0) -> tuple[dict, np.ndarray]:
+    """A feature attack's unfiltered row under the calibrated protocol, and its scores.
+
+    The classifier (:func:`diffaudit.attacks.classifier.classifier_scores`, gradient-boosted trees)
+    is fitted on the calibration fold's features and labels and scores the evaluation fold, where
+    AUC, ASR and TPR@FPR and their bootstrap CIs are measured as for every other row (GSA: Pang
+    et al., arXiv 2308.06405 §4, with the calibration fold in place of shadow models). Returns the
+    row and the scores [N] (P(member); NaN on the calibration fold).
+    """
+    from ..attacks.classifier import classifier_scores
+
+    cal, ev = calibration
+    F = np.asarray(features)
+    scores = np.full(len(member), np.nan)
+    scores[ev] = classifier_scores(F[cal], member[cal], F[ev], seed=classifier_seed)
+    y_ev = member[ev]
+    C = scores[ev][:, None]
+    point = metrics_matrix(C, y_ev)
+    boot = bootstrap_columns(C, y_ev, n_boot, seed)
+    un = {}
+    for m in METRICS:
+        un[m] = float(point[m][0])
+        un[m + "_ci"] = interval(boot[m][:, 0])
+    un["t"] = int(t)
+    rows = {"t": {"unfiltered": {m: int(t) for m in METRICS}}, "unfiltered": un,
+            "n_eval": {"members": int(y_ev.sum()), "heldout": int((~y_ev).sum())}, "t_unfiltered_auc": int(t)}
+    return rows, scores

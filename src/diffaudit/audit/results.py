@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .. import __version__
-from .plan import AuditConfig, mask_bank
+from .plan import UNMASKED_REASONS, AuditConfig, is_masked, mask_bank, output_kind
 from .samples import SampleSet
 
 
@@ -35,7 +35,10 @@ def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model
         warnings.append(f"TPR@0.1%FPR needs at least 1000 held-out samples to mean anything; this audit has {n_h}.")
     if n_h < 100:
         warnings.append(f"TPR@1%FPR rests on fewer than 100 held-out samples ({n_h}).")
-    protocols, rows, sweeps, rocs, calibration = build_summaries(arrays, config)
+    skipped = _skipped(arrays, samples, config, model)
+    warnings += [f"{a} was not run: {why}." for a, why in skipped.items()]
+    protocols, rows, sweeps, rocs, calibration, clf_scores = build_summaries(arrays, config)
+    with_stats = [a for a in config.attacks if f"stats__{a}" in arrays]
     latent_shape = list(getattr(model, "latent_shape", None) or [arrays["influence"].shape[1], 1, 1])
     kind = getattr(model, "kind", None)
     usage = latent_usage(arrays["influence"], latent_shape, config.k, config.active_nats,
@@ -43,7 +46,7 @@ def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model
 
     dist = arrays["distortion"]
     strata = {}
-    for a in config.attacks:
+    for a in with_stats:
         S = -arrays[f"stats__{a}"][:, :, 0].T  # unfiltered scores [T, N]
         strata[a] = distortion_strata_over_t(S[:, member], S[:, ~member], dist[member], dist[~member],
                                              ts=config.grid(a), n_random=config.strata_random, seed=config.seed)
@@ -54,7 +57,7 @@ def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model
     findings = audit_findings(arrays, config, protocols, calibration, freq, kind)
     hf = {f["id"].split("/", 1)[1]: f["detail"] for f in findings if "detail" in f}
     owner = owner_curve(arrays, config, member)
-    best = max(config.attacks, key=lambda a: protocols["paper"]["per_attack"][a]["unfiltered"]["auc"])
+    best = max(with_stats, key=lambda a: protocols["paper"]["per_attack"][a]["unfiltered"]["auc"])
 
     # Per-sample table: scores at each attack's chosen t (unfiltered and filtered).
     bank = [m.name for m in mask_bank(config)]
@@ -63,12 +66,16 @@ def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model
              "distortion": dist, "lf_energy": arrays["lf"], "hf_energy": arrays["hf"]}
     if samples.captions is not None:
         table["caption"] = np.asarray(samples.captions, dtype=object)
-    for a in config.attacks:
+    for a in with_stats:
         grid = config.grid(a)
         rows_a = protocols["paper"]["per_attack"][a]
-        tu, tf = rows_a["t"]["unfiltered"]["auc"], rows_a["t"]["filtered"]["auc"]
+        tu = rows_a["t"]["unfiltered"]["auc"]
         table[f"score__{a}__t{tu}"] = -arrays[f"stats__{a}"][:, grid.index(tu), 0]
-        table[f"score__{a}__filtered__t{tf}"] = -arrays[f"stats__{a}"][:, grid.index(tf), jf]
+        if is_masked(a):
+            tf = rows_a["t"]["filtered"]["auc"]
+            table[f"score__{a}__filtered__t{tf}"] = -arrays[f"stats__{a}"][:, grid.index(tf), jf]
+    for a, sc in clf_scores.items():  # P(member) on the evaluation fold; NaN where the classifier was fitted
+        table[f"score__{a}__evaluation_fold__t{config.grid(a)[0]}"] = sc
     tu = protocols["paper"]["per_attack"][best]["t"]["unfiltered"]["auc"]
     score = table[f"score__{best}__t{tu}"]
     at_risk = {"attack": best, "t": tu, "members": [], "heldout_false_positives": []}
@@ -91,12 +98,54 @@ def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model
         "split": split_info or {"members": {"n": int(member.sum())}, "heldout": {"n": n_h}},
         "versions": versions(),
         "timesteps": {a: config.grid(a) for a in config.attacks},
+        "attacks": attack_notes(config, skipped),
         "masks": [m.name for m in mask_bank(config) if m.draw in (None, 0)],
         "metrics": rows, "protocols": protocols, "k_sweep": sweeps, "roc": rocs,
         "latent_usage": usage, "strata": strata, "frequency": freq, "hf_filter": hf,
         "at_risk": at_risk, "findings": findings, "warnings": warnings, "owner_detection": owner,
     }
     return results, table
+
+
+def _skipped(arrays: dict, samples: SampleSet, config: AuditConfig, model) -> dict[str, str]:
+    """{attack: why it has no stored arrays} (`attack_pass.skipped_attacks` with a model)."""
+    from .attack_pass import skipped_attacks
+
+    reasons = skipped_attacks(model, samples, config) if model is not None else {}
+    return {a: reasons.get(a, "no statistics were stored for it") for a in config.attacks
+            if f"stats__{a}" not in arrays and f"{a}__features" not in arrays}
+
+
+def attack_notes(config: AuditConfig, skipped: dict[str, str]) -> dict:
+    """Per attack: what it outputs, whether it is masked (and why not), its protocol, and which
+    findings it gets (docs/attacks.md, "In the audit")."""
+    from ..attacks import ATTACKS
+
+    out = {}
+    for a in config.attacks:
+        spec, kind = ATTACKS[a], output_kind(a)
+        note = {"name": spec.display_name, "output": kind, "grid": config.grid(a), "queries": spec.description,
+                "masked": is_masked(a)}
+        if kind == "signed":
+            note["statistic"] = "Σ v over the kept dims (signed, no |·|): smaller ⇒ member"
+        elif kind == "vector":
+            note["statistic"] = f"Σ|v|^{spec.p:g} over the kept dims: smaller ⇒ member"
+        elif kind == "scalar":
+            note["statistic"] = "the attack's own number per sample: smaller ⇒ member"
+        if not is_masked(a):
+            note["unmasked_reason"] = UNMASKED_REASONS[kind]
+            note["findings"] = ("no filter, reverse or random-drop findings: " + UNMASKED_REASONS[kind])
+        if kind == "features":
+            from .plan import CLASSIFIER_PROTOCOL, NOT_IN_PAPER_PROTOCOL
+
+            note["statistic"] = "P(member) from gradient-boosted trees on the features: higher ⇒ member"
+            note["protocol"] = CLASSIFIER_PROTOCOL + "; calibrated protocol only"
+            note["paper_protocol"] = "no row: " + NOT_IN_PAPER_PROTOCOL
+            note["findings"] = "none: " + UNMASKED_REASONS[kind] + "; its scores exist on the evaluation fold only"
+        if a in skipped:
+            note["skipped"] = skipped[a]
+        out[a] = note
+    return out
 
 
 def owner_curve(arrays: dict, config: AuditConfig, member: np.ndarray) -> dict | None:

@@ -18,9 +18,10 @@ import torch
 
 from .. import attacks as attacks_mod
 from .. import geometry, masking
-from ..errors import ModelError, NonFiniteError
+from ..errors import ConfigError, ModelError
 from ..rng import sample_generator
-from .plan import AuditConfig, MaskId, mask_bank
+from .attack_pass import attack_statistics, in_batches, short_keys, skipped_attacks, unavailable_reason
+from .plan import AuditConfig, MaskId, check_grids, mask_bank
 from .samples import SampleSet, conditioning_used
 from .store import ChunkStore
 
@@ -68,28 +69,24 @@ class PassTiming:
     attacks_s: float = 0.0
 
 
-def _in_batches(fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """fn over slices of at most `batch_size` samples, concatenated (bounds peak memory)."""
-    if len(x) <= batch_size:
-        return fn(x)
-    return torch.cat([fn(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
-
-
 def compute_chunk(model, images: torch.Tensor, cond, keys: Sequence[str], config: AuditConfig,
                   geometry_arrays: dict | None = None, timing: PassTiming | None = None,
-                  batch_size: int | None = None, on_geometry: Callable[[dict], None] | None = None) -> tuple[dict, dict]:
+                  batch_size: int | None = None, on_geometry: Callable[[dict], None] | None = None,
+                  skip: Sequence[str] | None = None) -> tuple[dict, dict]:
     """One chunk of samples -> (geometry arrays, attack arrays), both per-sample numpy.
 
     `batch_size` (default `config.batch_size`) bounds the samples per VAE/geometry call; UNet
     calls hold up to 8x as many rows. It changes memory, not results (draws are keyed by sample,
     up to float rounding). `on_geometry(arrays)` is called as soon as the geometry exists.
+    `skip`: attacks of the config not to compute (default: those :func:`unavailable_reason`
+    rules out for this chunk's conditioning).
     """
     timing = timing or PassTiming()
     seed = config.seed
     bs = int(batch_size or config.batch_size)
     t0 = time.perf_counter()
     with torch.no_grad():
-        z = _in_batches(model.encode, images, bs).float()
+        z = in_batches(model.encode, images, bs).float()
         if conditioning_used(cond, config, model):
             cond = model.encode_cond(cond)
         else:
@@ -129,66 +126,11 @@ def compute_chunk(model, images: torch.Tensor, cond, keys: Sequence[str], config
     infl = torch.from_numpy(geometry_arrays["influence"]).reshape(z.shape).to(z.device)
     bank = mask_bank(config)
     masks = build_masks(infl, keys, bank, seed)  # [B, M, d]
-    out = _attack_statistics(model, z, cond, keys, config, masks, bs)
+    if skip is None:
+        skip = [a for a in config.attacks if unavailable_reason(a, model, cond is not None)]
+    out = attack_statistics(model, z, cond, keys, config, masks, bs, images=images, skip=skip)
     timing.attacks_s += time.perf_counter() - t0
     return geometry_arrays, out
-
-
-def _attack_statistics(model, z, cond, keys, config: AuditConfig, masks: torch.Tensor, bs: int) -> dict:
-    """Every attack vector of the sweep, reduced at once: Σ|v|^p under each mask of the bank
-    (`attacks.statistic_bank`) and, for attacks with a decoded-image variant, the App. F
-    high-frequency statistics (`_hf_statistics`)."""
-    B = z.shape[0]
-    specs = {a: attacks_mod.ATTACKS[a] for a in config.attacks}
-    grids = {a: config.grid(a) for a in config.attacks}
-    stats = {a: torch.zeros(B, len(grids[a]), masks.shape[1], dtype=torch.float64) for a in config.attacks}
-    hf_ts = [t for t in config.hf_timesteps] if config.hf_filter else []
-    hf_attacks = [a for a in config.attacks if specs[a].decoded_variant and hf_ts]
-    hf = {a: torch.full((B, len(hf_ts), 2), float("nan"), dtype=torch.float64) for a in hf_attacks}
-    x_ref = None
-    if hf_attacks:
-        with torch.no_grad():
-            x_ref = _in_batches(model.decode, z, bs).float()
-    masks = masks.double()  # once per chunk, not once per (attack, t)
-
-    sweep_grids = dict(grids)
-    for a in hf_attacks:  # the HF variant needs these t even when the main grid skips them
-        sweep_grids[a] = sorted(set(grids[a]) | set(hf_ts))
-    try:
-        for attack, t, vec in attacks_mod.attack_sweep(
-            model, z, sweep_grids, attacks=config.attacks, cond=cond, sample_ids=list(keys), seed=config.seed,
-            interval=config.secmi_interval, max_batch=bs * 8,
-        ):
-            vec = vec.detach()
-            if t in grids[attack]:
-                stats[attack][:, grids[attack].index(t), :] = attacks_mod.statistic_bank(vec, specs[attack].p, masks).cpu()
-            if attack in hf and t in hf_ts:
-                x0 = specs[attack].predicted_x0(model.alphas_cumprod, z, vec, t)
-                with torch.no_grad():
-                    x_pred = _in_batches(model.decode, x0, bs).float()
-                hf[attack][:, hf_ts.index(t), :] = _hf_statistics(x_pred, x_ref, config.hf_scale).cpu()
-    except NonFiniteError as e:
-        raise NonFiniteError(f"{e} (chunk samples: {_short(keys)})") from None
-    # float32 on disk and in the gathered arrays: half the memory, and far below any AUC tie.
-    out = {f"stats__{a}": s.numpy().astype(np.float32) for a, s in stats.items()}
-    out.update({f"hf__{a}": h.numpy() for a, h in hf.items()})
-    return out
-
-
-def _hf_statistics(x_pred: torch.Tensor, x_ref: torch.Tensor, scale: float) -> torch.Tensor:
-    """arXiv 2511.20592 App. F on decoded images: [N, 2] float64 of ‖x̂₀ − x₀‖² (plain) and
-    ‖F(x̂₀) − F(x₀)‖² (high band scaled by `scale`, radius `default_radius`), both from one
-    difference; the filter is linear, so one FFT pair per image (`hf_filtered_statistic`)."""
-    from ..analysis.frequency import hf_filtered_statistic
-
-    plain = attacks_mod.statistic((x_pred - x_ref).double(), 2)
-    filtered = hf_filtered_statistic(x_pred, x_ref, scale=scale, p=2, power=True)
-    return torch.stack([plain, filtered], dim=1)
-
-
-def _short(keys: Sequence[str]) -> str:
-    keys = list(keys)
-    return ", ".join(keys[:3]) + (f" … {keys[-1]}" if len(keys) > 3 else "")
 
 
 def run_pass(model, samples: SampleSet, config: AuditConfig, geometry_store: ChunkStore,
@@ -197,6 +139,10 @@ def run_pass(model, samples: SampleSet, config: AuditConfig, geometry_store: Chu
     from tqdm.auto import tqdm
 
     timing = PassTiming()
+    skip = skipped_attacks(model, samples, config)
+    if len(skip) == len(config.attacks):
+        raise ConfigError("no attack of the config can run here: " + "; ".join(f"{a}: {r}" for a, r in skip.items()))
+    check_grids(config, len(model.alphas_cumprod), [a for a in config.attacks if a not in skip])
     ranges = chunk_ranges(len(samples), config.chunk_size)
     mine = [i for i in range(len(ranges)) if i % world_size == rank]
     bar = tqdm(mine, desc="audit", unit="chunk", disable=not progress, leave=False)
@@ -220,7 +166,7 @@ def run_pass(model, samples: SampleSet, config: AuditConfig, geometry_store: Chu
             oom = False
             try:
                 got = compute_chunk(model, images, cond, keys, config, geo_arrays, timing, batch_size=work_batch,
-                                    on_geometry=keep_geometry)
+                                    on_geometry=keep_geometry, skip=list(skip))
             except Exception as err:
                 if not is_out_of_memory(err):
                     raise
@@ -229,7 +175,7 @@ def run_pass(model, samples: SampleSet, config: AuditConfig, geometry_store: Chu
                 break
             _release_memory()
             if work_batch == 1:
-                raise ModelError(f"out of memory even at batch 1 (chunk {i}, samples {_short(keys)}); "
+                raise ModelError(f"out of memory even at batch 1 (chunk {i}, samples {short_keys(keys)}); "
                                  "use a device with more memory or a smaller model resolution")
             warnings.warn(f"out of memory at batch {work_batch}; retrying with {work_batch // 2}",
                           RuntimeWarning, stacklevel=2)

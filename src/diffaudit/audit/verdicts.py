@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .findings import filter_findings, frequency_finding, hf_finding, judge, strata_finding
-from .plan import AuditConfig
+from .plan import AuditConfig, is_masked
 
 
 def degenerate_geometry(influence: np.ndarray, kind: str | None) -> str | None:
@@ -24,20 +24,28 @@ def degenerate_geometry(influence: np.ndarray, kind: str | None) -> str | None:
 
 def audit_findings(arrays: dict, config: AuditConfig, protocols: dict, calibration: tuple[np.ndarray, np.ndarray],
                    freq: dict | None = None, kind: str | None = None) -> list[dict]:
-    """Every finding of the report, judged as one Holm family."""
+    """Every finding of the report, judged as one Holm family.
+
+    The filter findings concern the masked attacks only (an unmasked one, PFAMI or GSA, has no
+    filtered row: docs/attacks.md); the strata finding takes the best attack with a statistic
+    per sample (not a feature attack, whose classifier scores only the evaluation fold).
+    """
     member = arrays["member"].astype(bool)
     cal_rows = protocols["calibrated"]["per_attack"]
     paper_rows = (protocols.get("paper") or {}).get("per_attack") or {}
     frac = config.calibration_fraction
     na = degenerate_geometry(arrays["influence"], kind)
-    findings = filter_findings(cal_rows, paper_rows, config.k, frac, not_applicable=na)
+    masked = {a: r for a, r in cal_rows.items() if is_masked(a)}
+    findings = filter_findings(masked, paper_rows, config.k, frac, not_applicable=na)
     # The strata finding uses the attack and t that are best on the calibration fold.
-    best = max(cal_rows, key=lambda a: cal_rows[a]["selection_auc"]["unfiltered"])
-    t = cal_rows[best]["t"]["unfiltered"]["auc"]
-    scores = -arrays[f"stats__{best}"][:, config.grid(best).index(t), 0]
-    pixel = "pixel-space model: the decoder is the identity, so every sample has the same distortion (0)"
-    findings.append(strata_finding(scores, member, calibration[1], arrays["distortion"], best, t, frac,
-                                   not_applicable=pixel if kind == "pixel" else None))
+    with_stats = [a for a in cal_rows if f"stats__{a}" in arrays]
+    if with_stats:
+        best = max(with_stats, key=lambda a: cal_rows[a]["selection_auc"]["unfiltered"])
+        t = cal_rows[best]["t"]["unfiltered"]["auc"]
+        scores = -arrays[f"stats__{best}"][:, config.grid(best).index(t), 0]
+        pixel = "pixel-space model: the decoder is the identity, so every sample has the same distortion (0)"
+        findings.append(strata_finding(scores, member, calibration[1], arrays["distortion"], best, t, frac,
+                                       not_applicable=pixel if kind == "pixel" else None))
     f = frequency_finding(freq) if freq is not None else None
     if f:
         findings.append(f)

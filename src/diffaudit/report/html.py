@@ -17,7 +17,7 @@ import numpy as np
 
 from .plots_samples import sample_index, to_display
 from .sentences import FINDINGS_NOTE, attack_name, fmt, fmt_signed, format_ci, verdict_label
-from .tables import HEADLINE_COLUMNS, default_k, headline_rows
+from .tables import HEADLINE_COLUMNS, default_k, headline_notes, headline_rows
 
 __all__ = ["render_html", "GLOSSARY", "e"]
 
@@ -169,8 +169,9 @@ def _headline(results: Mapping) -> str:
         body = "".join("<tr>" + "".join(f"<td class='num'>{_cell(c, r[c])}</td>" for c, _ in main)
                        + "<td class='num'>" + "<br>".join(f"{e(lab)} {e(r[c])}" for c, lab in _OTHER.items())
                        + "</td></tr>" for r in rows)
+        notes = "".join(f"<p class='muted'>{e(n)}</p>" for n in headline_notes(results, pname))
         out.append(f"<h3>Protocol “{e(pname)}”</h3><p class='muted'>{e(proto.get('description', ''))}</p>"
-                   f"<div class='wrap'><table><tr>{head}</tr>{body}</table></div>")
+                   f"<div class='wrap'><table><tr>{head}</tr>{body}</table></div>{notes}")
     if not out:
         return ""
     note = (f"Filtered = the attack's vector with the {k}% least influential latent dims dropped. " if k is not None
@@ -227,9 +228,11 @@ def _findings(results: Mapping) -> str:
         label = verdict_label(x)
         rows.append(f"<tr><td><span class='badge {e(label.replace(' ', '-'))}'>{e(label)}</span></td>"
                     f"<td>{e(x.get('claim'))}</td><td>{e(x.get('sentence'))}</td></tr>")
+    none = [f"{attack_name(a)}: {n['findings']}." for a, n in (results.get("attacks") or {}).items()
+            if n.get("findings") and not n.get("skipped")]  # unmasked attacks: why they have no filter findings
     return ("<h2>The paper's findings in this run</h2><p class='muted'>" + e(FINDINGS_NOTE) + "</p>"
             "<table><tr><th>this run</th><th>the paper's claim</th><th>what this run measured</th></tr>"
-            + "".join(rows) + "</table>")
+            + "".join(rows) + "</table>" + "".join(f"<p class='muted'>{e(x)}</p>" for x in none))
 
 
 def _at_risk(results: Mapping, samples, images) -> str:

@@ -21,6 +21,7 @@ from .sentences import attack_name, fmt, fmt_signed, format_ci, verdict_label
 __all__ = [
     "METRICS", "METRIC_LABELS", "MASK_LABELS", "METRICS_COLUMNS", "metrics_rows", "difference_rows",
     "k_sweep_rows", "strata_rows", "samples_columns", "write_csv", "summary_table", "headline_rows",
+    "headline_notes",
 ]
 
 METRICS = ("auc", "asr", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr")
@@ -189,6 +190,14 @@ def headline_rows(results: Mapping, protocol: str) -> list[dict]:
         # protocol chose t with the labels it is scored on, so it is never judged.
         finding = next((f for f in results.get("findings") or [] if f.get("id") == f"filter_gain/{attack}"), None)
         verdict = "not judged (optimistic)" if protocol == "paper" else (verdict_label(finding) if finding else "n/a")
+        if not fi:  # an unmasked attack (PFAMI, GSA): its unfiltered row only; headline_notes says why
+            out.append({
+                "attack": attack_name(attack) + " *", "t": str(t_u), "auc": f"{fmt(un.get('auc'))} (unmasked)",
+                "diff": "n/a", "verdict": verdict if protocol == "paper" else "no filter finding (unmasked *)",
+                "vs_random": "n/a", "asr": fmt(un.get("asr")), "tpr1": fmt(un.get("tpr_at_1pct_fpr")),
+                "tpr01": fmt(un.get("tpr_at_0_1pct_fpr")),
+            })
+            continue
         out.append({
             "attack": attack_name(attack),
             "t": f"{t_u}/{t_f}" if t_u != t_f else str(t_u),
@@ -201,6 +210,19 @@ def headline_rows(results: Mapping, protocol: str) -> list[dict]:
             "tpr01": f"{fmt(un.get('tpr_at_0_1pct_fpr'))} → {fmt(fi.get('tpr_at_0_1pct_fpr'))}",
         })
     return out
+
+
+def headline_notes(results: Mapping, protocol: str) -> list[str]:
+    """Why a row of the protocol's table is unmasked (*), or an attack has no row there."""
+    proto = (results.get("protocols") or {}).get(protocol) or {}
+    notes = []
+    for attack, s in (proto.get("per_attack") or {}).items():
+        if s.get("unmasked"):
+            how = f"{s['protocol_note']}; " if s.get("protocol_note") else ""
+            notes.append(f"* {attack_name(attack)}: {how}reported unmasked: {s['unmasked']}.")
+    for attack, why in (proto.get("omitted") or {}).items():
+        notes.append(f"{attack_name(attack)} has no row here: {why}.")
+    return notes
 
 
 HEADLINE_COLUMNS = [
@@ -228,7 +250,8 @@ def summary_table(results: Mapping) -> str:
         keys = [c for c, _ in HEADLINE_COLUMNS if c != "vs_random"]
         header = [label for c, label in HEADLINE_COLUMNS if c != "vs_random"]
         body = [[r[c] for c in keys] for r in rows]
-        blocks.append(title + "\n" + _text_table(header, body))
+        blocks.append(title + "\n" + _text_table(header, body)
+                      + "".join("\n" + n for n in headline_notes(results, pname)))
     if not blocks:
         return "no protocol summaries in the results"
     head = f"Membership-inference AUC, unfiltered → influence-filtered (drop {k}% least influential latent dims)" \
@@ -244,4 +267,5 @@ def markdown_table(results: Mapping, protocol: str) -> str:
     lines = ["| " + " | ".join(label for _, label in HEADLINE_COLUMNS) + " |",
              "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(r[c].replace("|", "\\|") for c in keys) + " |" for r in rows]
-    return "\n".join(lines)
+    notes = headline_notes(results, protocol)
+    return "\n".join(lines + ([""] + [n.replace("*", "\\*", 1) for n in notes] if notes else []))
