@@ -1,4 +1,4 @@
-"""Decoder geometry: influence, singular values and local distortion of D at z (SPEC §3).
+"""Decoder geometry: influence, singular values and local distortion of D at z (arXiv 2511.20592 §3.2–3.3).
 
 Works on any differentiable `decode(z) -> x` (an nn.Module, a bound method, a function) on
 batch-first float32/float64 latents; J_D is never built. Samples never interact: results per

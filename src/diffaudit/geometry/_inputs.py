@@ -25,7 +25,7 @@ GeneratorArg = torch.Generator | Sequence[torch.Generator | None] | None
 
 
 def check_latent(z) -> torch.Tensor:
-    """Batch-first float32/float64 latent with at least one non-batch dim (SPEC §3)."""
+    """Batch-first float32/float64 latent with at least one non-batch dim (docs/contracts.md)."""
     check_batched(z, "z", min_dim=2)
     if z.dtype not in (torch.float32, torch.float64):
         raise InputError(f"z must be float32 or float64 for the decoder geometry, got {z.dtype}")

@@ -1,4 +1,4 @@
-"""Forward-mode AD through diffusers' attention blocks (SPEC §3, measured with torch 2.13 CPU).
+"""Forward-mode AD through diffusers' attention blocks (measured with torch 2.13 CPU).
 
 `torch.func.jvp` fails inside a diffusers VAE's attention mid-block twice over: the default CPU
 SDPA (flash) kernel has no forward-AD formula, and under the MATH kernel the next `group_norm`

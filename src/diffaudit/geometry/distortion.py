@@ -1,4 +1,4 @@
-"""Local distortion log √det(JᵀJ) of the decoder at z (SPEC §3, paper Eqs. 3–4)."""
+"""Local distortion log √det(JᵀJ) of the decoder at z (arXiv 2511.20592 §3.2, Eqs. 3–4)."""
 from __future__ import annotations
 
 import math
@@ -9,14 +9,14 @@ from ._inputs import (GeneratorArg, check_choice, check_positive_int, draw, item
                       per_sample_generators, WORKSPACE_ELEMS)
 from ._linearize import Linearization, output_shape, resolve_vjp_mode
 from .slq import PROBES, slq_logdet
-from .svd import GKL_TOL, _check_sv_args, singular_values
+from .svd import DEFAULT_ALGORITHM, GKL_TOL, _check_sv_args, singular_values
 
 ESTIMATORS = ("topk", "slq")
 
 
 def distortion(decode, z: torch.Tensor, rank: int = 20, oversample: int = 30, power_iters: int | None = None,
                method: str = "fd", h: float | None = None, generator: GeneratorArg = None,
-               estimator: str = "topk", *, algorithm: str = "block_krylov", block_size: int | None = None,
+               estimator: str = "topk", *, algorithm: str = DEFAULT_ALGORITHM, block_size: int | None = None,
                tol: float = GKL_TOL, slq_probes: int = 16, slq_steps: int = 30, slq_probe: str = "rademacher",
                max_batch: int | None = None, vjp_mode: str = "auto", stats: dict | None = None) -> torch.Tensor:
     """Per-sample local log-volume, `[N]`.

@@ -1,4 +1,4 @@
-"""Per-dimension influence: diag(J_Dᵀ J_D) by Hutchinson probes (SPEC §3, paper §3.3, App. D).
+"""Per-dimension influence: diag(J_Dᵀ J_D) by Hutchinson probes (arXiv 2511.20592 §3.3, App. D).
 
 diag(JᵀJ) = E_v[(Jᵀv) ⊙ (Jᵀv)], v ~ N(0, I_m) in the decoder's output space; Jᵀv by reverse
 mode, J never built. Unlike the paper's Algorithm 2 (a loop over samples and probes), every
@@ -41,8 +41,7 @@ def jacobian_diag(decode, z: torch.Tensor, n_probes: int = 8, generator: Generat
         zc = z[s:s + chunk]
         lin = Linearization(decode, zc, xshape, first_id=s, items=items, vjp_mode=mode)
         probes = draw(gens[s:s + chunk], (n_probes, *xshape), like=zc)
-        g = lin.vjp(probes)  # [n, P, *zshape]
-        lin.release()
+        g = lin.vjp(probes, keep=False)  # [n, P, *zshape]
         out.append(g.square().mean(dim=1))
     return torch.cat(out)
 
@@ -70,7 +69,7 @@ def _exact_diag(decode, z, xshape, items, mode):
 
 def influence(decode, z: torch.Tensor, n_probes: int = 8, eps: float = 1e-12,
               generator: GeneratorArg = None, **kwargs) -> torch.Tensor:
-    """Infl_i(z) = ½·log(diag(JᵀJ)_i + eps) per sample, shaped like `z` (paper Eq. 8, SPEC §3).
+    """Infl_i(z) = ½·log(diag(JᵀJ)_i + eps) per sample, shaped like `z` (arXiv 2511.20592 Eq. 8).
 
     Extra keywords (`exact`, `max_batch`, `vjp_mode`) go to `jacobian_diag`.
     """

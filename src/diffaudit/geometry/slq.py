@@ -1,4 +1,4 @@
-"""½·log det(J_Dᵀ J_D) over all d latent dims by stochastic Lanczos quadrature (SPEC §3).
+"""½·log det(J_Dᵀ J_D) over all d latent dims by stochastic Lanczos quadrature (arXiv 2511.20592 Eq. 4 over all d).
 
 log det G = tr log G ≈ mean over probes u of ‖u‖²·Σ_k τ_k² log θ_k, where θ_k, τ_k are the
 eigenvalues and first eigenvector components of the s×s Lanczos tridiagonal of G = JᵀJ started

@@ -1,24 +1,25 @@
-"""Top singular values of the decoder Jacobian and the local distortion (SPEC §3, paper §3.2, App. A).
+"""Top singular values of the decoder Jacobian (arXiv 2511.20592 §3.2, Algorithm 1 in App. A).
 
-Two matrix-free algorithms, both batched over samples with the columns folded into the batch.
-With ℓ = min(K + p, d) (rank K, oversampling p) and q = power_iters:
+Three matrix-free algorithms, batched over samples (each sample's products in the same decoder
+calls as the others'). With ℓ = min(K + p, d) (rank K, oversampling p) and q = power_iters:
 - "subspace": the paper's Algorithm 1 (randomized SVD with q power passes):
   V ← qr(N(0, I_{d×ℓ})); q times V ← qr(Jᵀ(J V)); Y = J V; Q = qr(Y); T = Jᵀ Q;
-  σ = svdvals(T)[:K]. Cost (2q+2)·ℓ Jacobian products per sample.
-- "block_krylov" (default): block Lanczos on JᵀJ with full reorthogonalisation (randomized
-  block Krylov, Musco & Musco 2015), q+1 blocks of b = `block_size` columns:
-  W₁ = qr(N(0, I_{d×b})), W_{i+1} = orth(JᵀJ Wᵢ ⊥ W₁..Wᵢ); Ritz values σ = svdvals([J W₁, …]).
-  Cost (2q+1)·b. It keeps every power (JᵀJ)^i V₀, i ≤ q, where Algorithm 1 keeps only the
-  last; with the same knobs it needs fewer products and, measured, errs less.
-Measured (issue 5) against svdvals of the full Jacobian of random-init AutoencoderKL decoders
-(flat spectra, σ₁/σ₂₀ ≈ 1.5–2.6, the hard case), worst relative error of the top 20 over 15
-(sample, seed) pairs: d = 256: subspace K=20,p=30,q=2 (300 products) 3.2e-3; block_krylov same
-knobs (250) 5.2e-4; block_size=10, q=10 (210) 1.9e-10. d = 1024: 2.9e-2; 2.3e-2; 7.8e-4.
-For the top 20 to 1e-3, use algorithm="block_krylov", block_size=10, power_iters=10: the
-defaults (210 products). J·V defaults to central differences: on CPU a `torch.func.jvp` column
-costs about 3.6 decoder forwards, a central difference 2, and the float32 difference error
-(relative on σ: 9.6e-5 on the benchmark's random SD-layout decoder, 1.9e-4–2.4e-4 on a trained
-digits decoder) is far below the randomized sketch's 1e-3 (benchmarks/README.md, issue 5).
+  σ = svdvals(T)[:K]. Cost (2q+2)·ℓ Jacobian products per sample (300 at K=20, p=30, q=2).
+- "block_krylov": block Lanczos on JᵀJ with full reorthogonalisation (randomized block Krylov,
+  Musco & Musco 2015), q+1 blocks of b = `block_size` columns: W₁ = qr(N(0, I_{d×b})),
+  W_{i+1} = orth(JᵀJ Wᵢ ⊥ W₁..Wᵢ); Ritz values σ = svdvals([J W₁, …]). Cost (2q+1)·b
+  (210 at b = 10, q = 10). It keeps every power (JᵀJ)^i V₀ where Algorithm 1 keeps the last.
+- "gkl" (default): Golub–Kahan–Lanczos, one column a step, stopped per sample once its top-K
+  Ritz residuals are ≤ tol·σ (lanczos.py). Its cost is what each sample needs.
+Measured against svdvals of the full Jacobian of random-init AutoencoderKL decoders with SD's
+block layout at 1/16 width (flat spectra, σ₁/σ₂₀ ≈ 1.6–1.9, the hard case), worst relative
+error of the top 20 (benchmarks/README.md): d = 256 (4 samples): Algorithm 1 2.8e-3 (300
+products); block_krylov 9.9e-5 (210); gkl 4.6e-5 (96–114, mean 105). d = 1024 (3 samples):
+3.1e-2; 6.1e-4; 4.7e-5–1.7e-4 (126–160). With tol = 1e-2 one d = 256 sample stopped with a
+top-20 value still missing (error 5.6e-3); 3e-3 (default) and 5e-3 stopped correctly on all.
+J·V defaults to central differences: on CPU a `torch.func.jvp` column costs about 3.6 decoder
+forwards, a central difference 2, and the float32 difference error (relative on σ: ≈1e-4 on the
+benchmark's decoder, 1.9e-4–2.4e-4 on a trained digits decoder) is far below Algorithm 1's.
 """
 from __future__ import annotations
 
@@ -34,24 +35,22 @@ from .lanczos import gkl_svdvals
 
 METHODS = ("jvp", "fd")
 ALGORITHMS = ("subspace", "block_krylov", "gkl")
-PAPER_POWER_ITERS = 2  # Algorithm 1's q (SPEC §3)
-KRYLOV_BLOCK_SIZE = 10  # block_krylov defaults: 11 blocks of 10 columns, measured in issue 5
+DEFAULT_ALGORITHM = "gkl"  # measured fastest at equal or better accuracy (benchmarks/README.md)
+PAPER_POWER_ITERS = 2  # Algorithm 1's q (arXiv 2511.20592 §4.2)
+KRYLOV_BLOCK_SIZE = 10  # block_krylov defaults: 11 blocks of 10 columns
 KRYLOV_POWER_ITERS = 10
-GKL_BLOCK_SIZE = 2  # gkl defaults: blocks of 2, stopped at residual tol·σ, basis ≤ 10·rank
-GKL_TOL = 3e-3
-GKL_MAX_SPAN_PER_RANK = 10
+GKL_BLOCK_SIZE = 1  # gkl defaults: one column a step, stopped at Ritz residual ≤ tol·σ,
+GKL_TOL = 3e-3  # after at most (power_iters + 1)·⌈rank / block_size⌉ steps: a basis of 10·rank
+GKL_POWER_ITERS = 9
 
 
-def resolve_svd_options(algorithm: str, power_iters: int | None, block_size: int | None,
-                        rank: int = 20) -> tuple[int, int | None]:
+def resolve_svd_options(algorithm: str, power_iters: int | None, block_size: int | None) -> tuple[int, int | None]:
     """The per-algorithm defaults of `power_iters` and `block_size` (None = default)."""
     if algorithm == "subspace":
         return (PAPER_POWER_ITERS if power_iters is None else power_iters), None
     if algorithm == "gkl":
-        b = GKL_BLOCK_SIZE if block_size is None else block_size
-        if power_iters is None and isinstance(b, int) and b > 0:
-            power_iters = -(-GKL_MAX_SPAN_PER_RANK * rank // b) - 1  # ceil(10·rank / b) steps
-        return power_iters, b
+        return ((GKL_POWER_ITERS if power_iters is None else power_iters),
+                (GKL_BLOCK_SIZE if block_size is None else block_size))
     return ((KRYLOV_POWER_ITERS if power_iters is None else power_iters),
             (KRYLOV_BLOCK_SIZE if block_size is None else block_size))
 
@@ -110,7 +109,7 @@ def _check_sv_args(z, rank, oversample, power_iters, method, h, algorithm, block
 
 def singular_values(decode, z: torch.Tensor, rank: int = 20, oversample: int = 30, power_iters: int | None = None,
                     method: str = "fd", h: float | None = None, generator: GeneratorArg = None, *,
-                    algorithm: str = "block_krylov", block_size: int | None = None, tol: float = GKL_TOL,
+                    algorithm: str = DEFAULT_ALGORITHM, block_size: int | None = None, tol: float = GKL_TOL,
                     max_batch: int | None = None, vjp_mode: str = "auto", stats: dict | None = None) -> torch.Tensor:
     """Top-`rank` singular values of J_D(z) per sample, `[N, rank]`, descending (paper §3.2, App. A).
 
@@ -120,28 +119,28 @@ def singular_values(decode, z: torch.Tensor, rank: int = 20, oversample: int = 3
     reverse mode. `algorithm="subspace"` is the paper's Algorithm 1 exactly: ℓ = min(rank +
     oversample, d) columns, `power_iters` (default 2) passes. `"block_krylov"` uses
     `power_iters + 1` (default 11) blocks of `block_size` (default 10, capped at d) columns.
-    `"gkl"`: Golub–Kahan–Lanczos with blocks of `block_size` (default 1) columns, stopped per
-    sample once every top-`rank` Ritz residual is ≤ `tol`·σ, after at most `power_iters + 1`
-    steps (default 10·rank). `oversample` is Algorithm 1's only, `tol` gkl's only.
+    `"gkl"` (default): Golub–Kahan–Lanczos with blocks of `block_size` (default 1) columns, stopped per
+    sample once every top-`rank` Ritz residual is ≤ `tol`·σ, or after at most
+    (`power_iters` + 1)·⌈rank / block_size⌉ steps (default 9: a basis of 10·rank).
+    `oversample` is Algorithm 1's only, `tol` gkl's only.
     `generator`: one, or one per sample (diffaudit.rng); `max_batch`, `vjp_mode` as in
     `jacobian_diag`. `stats`: a dict to receive `products`, the Jacobian products (J·v and Jᵀ·y
     each count 1) spent per sample, a LongTensor `[N]`.
     """
-    rank = check_positive_int(rank, "rank")
-    power_iters, block_size = resolve_svd_options(algorithm, power_iters, block_size, rank)  # checked below
+    power_iters, block_size = resolve_svd_options(algorithm, power_iters, block_size)  # checked below
     z, d, h = _check_sv_args(z, rank, oversample, power_iters, method, h, algorithm, block_size, tol)
     gens = per_sample_generators(generator, z.shape[0])
     width = min(block_size, d) if algorithm in ("block_krylov", "gkl") else min(rank + oversample, d)
-    if algorithm in ("block_krylov", "gkl") and min(width * (power_iters + 1), d) < rank:
-        raise InputError(f"{algorithm} spans block_size·(power_iters+1) = {width * (power_iters + 1)} < rank={rank} "
+    if algorithm == "block_krylov" and min(width * (power_iters + 1), d) < rank:
+        raise InputError(f"block_krylov spans block_size·(power_iters+1) = {width * (power_iters + 1)} < rank={rank} "
                          "dimensions; raise block_size or power_iters")
+    max_steps = (power_iters + 1) * -(-rank // width)  # gkl: power_iters + 1 passes of ⌈rank/b⌉ steps
     xshape = output_shape(decode, z)
     m = math.prod(xshape)
     items = items_per_call(max_batch, m)
-    # gkl on a CPU too folds its few columns per sample into one backward through a kept graph:
-    # measured faster than a backward per column (benchmarks/README.md).
-    mode = "fold" if algorithm == "gkl" and vjp_mode == "auto" else resolve_vjp_mode(vjp_mode, z.device)
-    span = width if algorithm == "subspace" else min(d, width * (power_iters + 1))
+    mode = resolve_vjp_mode(vjp_mode, z.device)
+    span = {"subspace": width, "block_krylov": min(d, width * (power_iters + 1)),
+            "gkl": min(d, width * max_steps)}[algorithm]
     chunk = items if mode == "loop" else max(1, items // width)
     chunk = max(1, min(chunk, WORKSPACE_ELEMS // (2 * span * max(m, d))))
     out, products = [], []
@@ -150,7 +149,7 @@ def singular_values(decode, z: torch.Tensor, rank: int = 20, oversample: int = 3
         lin = Linearization(decode, zc, xshape, first_id=s, method=method, h=h, items=items, vjp_mode=mode)
         start = draw(gens[s:s + chunk], (width, d), like=zc).transpose(1, 2)  # [n, d, width]
         if algorithm == "gkl":
-            sv, used = gkl_svdvals(lin, start, rank, power_iters + 1, tol)
+            sv, used = gkl_svdvals(lin, start, rank, max_steps, tol)
         else:
             if algorithm == "subspace":
                 sv = subspace_svdvals(lin, start, power_iters)
