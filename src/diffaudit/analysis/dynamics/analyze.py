@@ -1,5 +1,6 @@
 """All dynamics measures of one prompt: guided, unguided (w = 1) and delayed-guidance runs
-(Kim et al., arXiv 2509.25705, Sec. 3–4). Returns a JSON-able dict; nothing is written here.
+(Kim et al., arXiv 2509.25705, Sec. 3–4), with the sampler of the model's family (DDIM for VP
+families, flow Euler for SD3 / FLUX; `paths.py`). Returns a JSON-able dict; nothing is written here.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from .alignment import alignment_curves, denoising_losses
 from .collapse import diversity_curves
 from .decomposition import decompose_trajectory
 from .detector import wen_curve
-from .sampler import guidance_schedule, sample_ddim
+from .paths import path_of
+from .sampler import guidance_schedule, model_scheduler_config, sample_trajectories
 from .similarity import severity
 
 
@@ -113,6 +115,7 @@ def analyze_prompts(model, captions: list[str], z_xs: list, cfg: DynamicsConfig,
     own final latent for the decomposition and the alignment; no severity, no loss view).
     """
     cfg.validate()
+    path = path_of(model)  # one clear error for a family the dynamics cannot sample from prompts
     n, P = cfg.seeds, len(captions)
     if len(z_xs) != P or (images_x is not None and len(images_x) != P):
         raise InputError("captions, z_xs and images_x must have one entry per prompt")
@@ -120,10 +123,10 @@ def analyze_prompts(model, captions: list[str], z_xs: list, cfg: DynamicsConfig,
     noise = initial_noise(model, cfg).repeat(P, *([1] * len(model.latent_shape)))
     cond = model.encode_cond(list(captions)).repeat_interleave(n, dim=0)
     unc = model.uncond(P * n)
-    sched = scheduler_config if scheduler_config is not None else _scheduler_config(model)
+    sched = scheduler_config if scheduler_config is not None else model_scheduler_config(model)
 
     def run(w, key, full):
-        traj = sample_ddim(model, cond, unc, noise, cfg.steps, w, sched, progress)
+        traj = sample_trajectories(model, cond, unc, noise, cfg.steps, w, sched, progress)
         for p in range(P):
             part = traj.rows(slice(p * n, (p + 1) * n))
             res = run_summary(part, z_xs[p], cfg, center, model, images_x[p], embedder, full)
@@ -133,7 +136,9 @@ def analyze_prompts(model, captions: list[str], z_xs: list, cfg: DynamicsConfig,
     outs = [{} for _ in range(P)]
     traj = run(cfg.guidance, "guided", True)
     for o in outs:
-        o["timesteps"], o["alphas_out"] = [int(t) for t in traj.timesteps], _l(traj.alphas_out)
+        # VP: integer t and ᾱ_out; flow: σ·T (what the network is given, SD3's scale) and σ_out
+        ts = [int(t) for t in traj.timesteps] if path.kind == "vp" else _l(traj.timesteps)
+        o["schedule"], o["timesteps"], o[path.levels_key] = path.kind, ts, _l(traj.levels_out)
     del traj
     run(1.0, "unguided", True)
     for m in cfg.delays:
@@ -155,8 +160,3 @@ def analyze_prompt(model, caption: str, z_x: torch.Tensor | None, cfg: DynamicsC
     """`analyze_prompts` for a single prompt."""
     return analyze_prompts(model, [caption], [z_x], cfg, [image_x], center, embedder, scheduler_config, progress)[0]
 
-
-def _scheduler_config(model) -> dict | None:
-    sch = getattr(model, "scheduler", None)
-    cfg = getattr(sch, "config", None)
-    return dict(cfg) if cfg is not None else None

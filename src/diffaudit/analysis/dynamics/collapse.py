@@ -2,10 +2,11 @@
 trajectories").
 
 Diversity at a step = mean pairwise L2 distance between the N seeds' latents. The schedule
-alone (deterministic DDIM, every seed heading to its own image) keeps the noise part of z_t at
-√(1−ᾱ_t) z_T, so the distance it explains is √(1−ᾱ_t) · mean_{i<j} ‖z_T^i − z_T^j‖; the
-normalised diversity divides by it (≈ 1 at the start; well below 1 once seeds have collapsed
-onto one image; undefined — NaN — where √(1−ᾱ_t) < 1e-4, e.g. a final ᾱ of 1).
+alone (a deterministic run, every seed heading to its own image) keeps the noise part of z_t at
+b_t·z_T (b = √(1−ᾱ_t) for DDIM, σ for a flow run; `paths.py`), so the distance it explains is
+b_t · mean_{i<j} ‖z_T^i − z_T^j‖; the normalised diversity divides by it (≈ 1 at the start; well
+below 1 once seeds have collapsed onto one image; undefined — NaN — where b_t < 1e-4, e.g. a
+final ᾱ of 1 or σ of 0).
 """
 from __future__ import annotations
 
@@ -35,6 +36,6 @@ def diversity_curves(traj) -> dict:
     if lat.dim() < 3:
         raise InputError("latents must be [steps+1, seeds, ...]")
     raw = torch.stack([_mpd(z) for z in lat])  # [S+1]
-    expected = (1 - traj.alphas_out.double()).sqrt() * raw[0]
+    expected = traj.path.coefficients(traj.levels_out.double())[1] * raw[0]
     norm = torch.where(expected > 1e-4 * raw[0].clamp_min(1e-300), raw[1:] / expected, torch.full_like(expected, float("nan")))
     return {"diversity_start": float(raw[0]), "diversity": raw[1:], "diversity_expected": expected, "diversity_norm": norm}

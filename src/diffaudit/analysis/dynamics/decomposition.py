@@ -4,16 +4,19 @@ Memorize", arXiv 2509.25705, Sec. 4 "decomposition of intermediate latents").
 Each intermediate latent z_t of one trajectory is fitted, by least squares without intercept,
 on two columns: the clean latent z_x of the paired training image (or the trajectory's own
 final latent when no image is known, as the authors' earlier code does) and the initial noise
-z_T:  z_t ≈ w_0(t)·z_x + w_T(t)·z_T.  A deterministic DDIM trajectory that follows the schedule
-has w_0 = √ᾱ_t, w_T = √(1−ᾱ_t); under memorization z_x takes over early (w_0 above, w_T below).
+z_T:  z_t ≈ w_0(t)·z_x + w_T(t)·z_T.  A deterministic trajectory that follows the schedule has
+(w_0, w_T) = the path's coefficients (`paths.py`): (√ᾱ_t, √(1−ᾱ_t)) for a DDIM run, (1−σ, σ) for
+a flow Euler run (latents in flow coordinates x_σ); under memorization z_x takes over early
+(w_0 above, w_T below).
 
-Off-by-one: the latent written by the step t → t' belongs to t' (its ᾱ is the one the step
-mapped *to*), so the theoretical curves use the sampler's output alphas, not its input ones.
+Off-by-one: the latent written by the step t → t' belongs to t' (its level is the one the step
+mapped *to*), so the theoretical curves use the sampler's output levels, not its input ones.
 
-Even a perfect denoiser does not give exactly (√ᾱ_t, √(1−ᾱ_t)): z_T is pure noise, while the
-first timestep t_0 has ᾱ_t0 > 0 (SD: 0.0047), so it yields w_T = √(1−ᾱ_t)/√(1−ᾱ_t0) and
-w_0 = √ᾱ_t − √ᾱ_t0·w_T (tested). The offset is the same for every prompt: it shifts D_0, D_T
-but does not change their ranking.
+Even a perfect denoiser does not give exactly (√ᾱ_t, √(1−ᾱ_t)) on a DDIM run: z_T is pure
+noise, while the first timestep t_0 has ᾱ_t0 > 0 (SD: 0.0047), so it yields
+w_T = √(1−ᾱ_t)/√(1−ᾱ_t0) and w_0 = √ᾱ_t − √ᾱ_t0·w_T (tested). The offset is the same for every
+prompt: it shifts D_0, D_T but does not change their ranking. A flow run starts at σ = 1, where
+x_1 is the noise itself, so a perfect velocity field gives (1−σ, σ) exactly (tested).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch
 
 from ..._checks import check_batched
 from ...errors import InputError
+from .paths import VP
 
 
 def decompose(latents: torch.Tensor, z_x: torch.Tensor, z_T: torch.Tensor) -> dict:
@@ -61,24 +65,25 @@ def decompose(latents: torch.Tensor, z_x: torch.Tensor, z_T: torch.Tensor) -> di
     return {k: v[0] for k, v in out.items()} if single else out
 
 
-def theoretical_coefficients(alphas_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(√ᾱ, √(1−ᾱ)) at the timesteps the latents belong to (the steps' *output* alphas)."""
-    a = torch.as_tensor(alphas_out, dtype=torch.float64)
-    if (a < 0).any() or (a > 1).any():
-        raise InputError("alphas_cumprod values must lie in [0, 1]")
-    return a.sqrt(), (1 - a).sqrt()
+def theoretical_coefficients(levels_out: torch.Tensor, path=VP) -> tuple[torch.Tensor, torch.Tensor]:
+    """The path's (w_0, w_T) at the levels the latents belong to (the steps' *output* levels):
+    (√ᾱ, √(1−ᾱ)) for VP, (1−σ, σ) for flow."""
+    a = torch.as_tensor(levels_out, dtype=torch.float64)
+    path.check_levels(a)
+    return path.coefficients(a)
 
 
-def deviation_scores(w0: torch.Tensor, wT: torch.Tensor, alphas_out: torch.Tensor) -> dict:
+def deviation_scores(w0: torch.Tensor, wT: torch.Tensor, levels_out: torch.Tensor, path=VP) -> dict:
     """Deviation of the seed-averaged coefficients from the schedule, summed over steps (arXiv 2509.25705 Sec. 4):
-    D_0 = Σ_t (E[w_0(t)] − √ᾱ_t),  D_T = −Σ_t (E[w_T(t)] − √(1−ᾱ_t)); larger = more memorized.
+    D_0 = Σ_t (E[w_0(t)] − a_t),  D_T = −Σ_t (E[w_T(t)] − b_t) with (a, b) the path's coefficients
+    ((√ᾱ_t, √(1−ᾱ_t)) VP, (1−σ, σ) flow); larger = more memorized.
 
-    w0, wT: [S, N] (steps × seeds) or [S] (already averaged); alphas_out: [S].
+    w0, wT: [S, N] (steps × seeds) or [S] (already averaged); levels_out: [S] (ᾱ or σ).
     Also returns the per-step mean curves and the schedule's curves.
     """
     w0m = w0.double().mean(dim=1) if w0.dim() == 2 else w0.double()
     wTm = wT.double().mean(dim=1) if wT.dim() == 2 else wT.double()
-    th0, thT = theoretical_coefficients(alphas_out)
+    th0, thT = theoretical_coefficients(levels_out, path)
     if w0m.shape != th0.shape:
         raise InputError(f"{w0m.shape[0]} decomposed steps but {th0.shape[0]} output alphas")
     return {
@@ -101,7 +106,7 @@ def decompose_trajectory(traj, z_x: torch.Tensor | None = None) -> dict:
     zT = traj.latents[0]
     ref = traj.latents[-1] if z_x is None else check_batched(z_x.reshape(1, *zT.shape[1:]).to(zT), "z_x")
     dec = decompose(lat, ref, zT)
-    dev = deviation_scores(dec["w0"], dec["wT"], traj.alphas_out)
+    dev = deviation_scores(dec["w0"], dec["wT"], traj.levels_out, traj.path)
     dev["residual_mean"] = dec["residual"].mean(dim=1)
     dev["w0"], dev["wT"] = dec["w0"], dec["wT"]
     return dev

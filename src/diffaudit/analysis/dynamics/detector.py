@@ -4,7 +4,9 @@ separation metrics used to compare it with the deviation score.
 
 Per step the L2 norm over the whole latent of ε̂(z_t, c) − ε̂(z_t, ∅) along the sampled
 (guided) trajectory, averaged over the generations of the prompt and over the first `window`
-steps. Needs no training image.
+steps. Needs no training image. For a flow model it is ‖v̂(x_σ, c) − v̂(x_σ, ∅)‖, the difference
+guidance scales there: its ε̂ difference is (1−σ)·(v̂_c − v̂_u), zero at σ = 1 (the first step)
+whatever the prompt, so the ε̂ form would blank out Wen et al.'s first-step score.
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from ...errors import InputError
 
 
 def wen_curve(traj) -> torch.Tensor:
-    """Per step, the seed-mean of ‖ε̂_c − ε̂_u‖₂ ([S] float64)."""
-    d = (traj.eps_c - traj.eps_u).reshape(*traj.eps_c.shape[:2], -1).double()
+    """Per step, the seed-mean of ‖p̂_c − p̂_u‖₂ for the native prediction p̂ (ε̂; v̂ for flow) ([S] float64)."""
+    d = (traj.pred_c - traj.pred_u).reshape(*traj.pred_c.shape[:2], -1).double()
     return d.norm(dim=-1).mean(dim=1)
 
 

@@ -56,11 +56,12 @@ def plot_all(results: dict, summary: dict, out_dir) -> list[Path]:
 
     # 1. decomposition coefficients vs the schedule
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    theory = ("1−σ", "σ") if rs[0].get("schedule") == "flow" else ("√ᾱ_t", "√(1−ᾱ_t)")
     for ax, run in zip(axes, ("guided", "unguided")):
         _curves(ax, rs, lambda r: r[run]["w0_mean"], "-", " w0")
         _curves(ax, rs, lambda r: r[run]["wT_mean"], "--", " wT")
-        ax.plot(_arr(rs[0][run]["w0_theory"]), "k-", lw=1, label="√ᾱ_t")
-        ax.plot(_arr(rs[0][run]["wT_theory"]), "k--", lw=1, label="√(1−ᾱ_t)")
+        ax.plot(_arr(rs[0][run]["w0_theory"]), "k-", lw=1, label=theory[0])
+        ax.plot(_arr(rs[0][run]["wT_theory"]), "k--", lw=1, label=theory[1])
         ax.set_title(f"decomposition, {run}")
         ax.set_xlabel("step")
     axes[0].set_ylabel("coefficient (mean over seeds)")

@@ -25,6 +25,7 @@ import torch
 from ...errors import InputError
 from .analyze import DynamicsConfig, analyze_prompts
 from .detector import separation
+from .paths import path_of
 from .prompts import PromptItem, load_image, read_prompts, resolve_image
 
 
@@ -72,6 +73,7 @@ def run_dynamics(model, prompts, out_dir, images_dir=None, config: DynamicsConfi
     """
     if prompt_batch < 1:
         raise InputError(f"prompt_batch must be ≥ 1, got {prompt_batch}")
+    path_of(model)  # a family the dynamics cannot sample is refused before anything is written
     cfg = (config or DynamicsConfig()).validate()
     items = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
     if embedder is not None:

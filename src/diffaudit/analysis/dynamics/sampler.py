@@ -1,58 +1,90 @@
-"""Deterministic DDIM sampling (η = 0) with classifier-free guidance that records the whole
-trajectory: latents, ε̂_c, ε̂_u per step (Kim et al. 2025, arXiv 2509.25705, sample SD with DDIM,
-50 steps, g = 7.5). Works over the model contract only: `eps(z_t, t, cond)`, `alphas_cumprod`.
+"""Deterministic sampling with classifier-free guidance that records the whole trajectory:
+latents and the conditional / unconditional predictions per step (Kim et al. 2025, arXiv
+2509.25705: SD with DDIM, 50 steps, g = 7.5). Works over the model contract only.
 
-One DDIM step from t to t' with guided ε̂_g = ε̂_u + w (ε̂_c − ε̂_u):
-  x̂_0 = (z_t − √(1−ᾱ_t) ε̂_g) / √ᾱ_t,   z_t' = √ᾱ_t' x̂_0 + √(1−ᾱ_t') ε̂_g
-(`diffaudit.diffusion.ddim_step`; Song et al. 2021, arXiv 2010.02502, Eq. 12).
-The state and this arithmetic stay in float32 even when the UNet runs in fp16.
+The family's path (`paths.py`) says how: VP families run DDIM (η = 0) on `alphas_cumprod` with
+ε̂ from `model.eps`; flow families (SD3, FLUX) run the flow Euler ODE x_σ' = x_σ + (σ' − σ)·v̂ on
+the σ grid their pipeline uses (`model.sampling_sigmas`) with v̂ from `model.velocity`. Guidance
+is p̂_g = p̂_u + w (p̂_c − p̂_u) on the native prediction p̂ (ε̂ or v̂). The state and this
+arithmetic stay in float32 even when the denoiser runs in fp16 / bf16.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..._checks import check_finite
-from ...diffusion import ddim_step
-from ...errors import InputError, ModelError
+from ...errors import InputError
+from ...models.library_logs import quiet_libraries
+from .paths import VP, VPPath, path_of
 
 
 @dataclass
 class Trajectory:
     """A recorded batch of trajectories (one prompt, N seeds), all on the CPU in float32.
 
-    latents[0] is z_T, latents[i + 1] the output of step i; eps_c/eps_u[i] were predicted at
-    latents[i] and timesteps[i]; alphas_in[i] = ᾱ(timesteps[i]), alphas_out[i] = the ᾱ that
-    step i maps to (the one latents[i + 1] belongs to); guidance[i] = w used at step i.
+    latents[0] is z_T (the initial noise), latents[i + 1] the output of step i; pred_c/pred_u[i]
+    are the native predictions (ε̂ for VP, v̂ for flow) at latents[i], timesteps[i] and
+    levels_in[i] (ᾱ or σ); levels_out[i] is the level step i maps to (the one latents[i + 1]
+    belongs to); guidance[i] = w used at step i. `path` is the family's path (`paths.py`).
     """
 
-    timesteps: torch.Tensor  # [S] long
-    alphas_in: torch.Tensor  # [S] float64
-    alphas_out: torch.Tensor  # [S] float64
+    timesteps: torch.Tensor  # [S]: integer t (VP), σ·T (flow)
+    levels_in: torch.Tensor  # [S] float64
+    levels_out: torch.Tensor  # [S] float64
     guidance: torch.Tensor  # [S] float64
     latents: torch.Tensor  # [S+1, N, *shape]
-    eps_c: torch.Tensor  # [S, N, *shape]
-    eps_u: torch.Tensor  # [S, N, *shape]
+    pred_c: torch.Tensor  # [S, N, *shape]
+    pred_u: torch.Tensor  # [S, N, *shape]
+    path: VPPath = field(default=VP)
 
     @property
-    def eps_g(self) -> torch.Tensor:
-        w = _bcast(self.guidance, self.eps_c)
-        return self.eps_u + w * (self.eps_c - self.eps_u)
+    def pred_g(self) -> torch.Tensor:
+        w = _bcast(self.guidance, self.pred_c)
+        return self.pred_u + w * (self.pred_c - self.pred_u)
+
+    def _coef_in(self, like: torch.Tensor):
+        return self.path.coefficients(_bcast(self.levels_in, like))
+
+    def eps(self, kind: str = "g") -> torch.Tensor:
+        """ε̂ per step: kind "c" (conditional), "u" (unconditional) or "g" (guided); for a flow
+        model ε̂ = x_σ + (1−σ)·v̂ (the VP-equivalent's ε̂)."""
+        p = self._pred(kind)
+        return self.path.eps(self.latents[:-1], p, *self._coef_in(p))
+
+    eps_c = property(lambda self: self.eps("c"))
+    eps_u = property(lambda self: self.eps("u"))
+    eps_g = property(lambda self: self.eps("g"))
+
+    def _pred(self, kind: str) -> torch.Tensor:
+        if kind not in ("c", "u", "g"):
+            raise InputError(f"kind must be 'c', 'u' or 'g', got {kind!r}")
+        return {"c": self.pred_c, "u": self.pred_u}[kind] if kind != "g" else self.pred_g
 
     def x0(self, kind: str = "g") -> torch.Tensor:
-        """Predicted clean latents per step: kind "c" (conditional), "u" (unconditional) or
-        "g" (guided, the one the sampler stepped with): (z_t − √(1−ᾱ_t) ε̂)/√ᾱ_t."""
-        eps = {"c": self.eps_c, "u": self.eps_u, "g": self.eps_g}.get(kind)
-        if eps is None:
-            raise InputError(f"kind must be 'c', 'u' or 'g', got {kind!r}")
-        a = _bcast(self.alphas_in, eps)
-        return (self.latents[:-1] - (1 - a).sqrt() * eps) / a.sqrt()
+        """Predicted clean latents per step (kind as in `eps`): (z_t − √(1−ᾱ_t) ε̂)/√ᾱ_t (VP),
+        x_σ − σ·v̂ (flow)."""
+        p = self._pred(kind)
+        return self.path.x0(self.latents[:-1], p, *self._coef_in(p))
+
+    @property
+    def alphas_in(self) -> torch.Tensor:
+        return self._vp_levels(self.levels_in)
+
+    @property
+    def alphas_out(self) -> torch.Tensor:
+        return self._vp_levels(self.levels_out)
+
+    def _vp_levels(self, levels):
+        if self.path.kind != "vp":
+            raise InputError(f"a {self.path.kind} trajectory has σ levels (levels_in / levels_out), not alphas")
+        return levels
 
     def rows(self, idx) -> "Trajectory":
         """The trajectories of the seeds/rows `idx` (a slice or index tensor)."""
-        return Trajectory(self.timesteps, self.alphas_in, self.alphas_out, self.guidance,
-                          self.latents[:, idx], self.eps_c[:, idx], self.eps_u[:, idx])
+        return Trajectory(self.timesteps, self.levels_in, self.levels_out, self.guidance,
+                          self.latents[:, idx], self.pred_c[:, idx], self.pred_u[:, idx], self.path)
 
     @property
     def final(self) -> torch.Tensor:
@@ -69,6 +101,12 @@ def ddim_schedule(alphas_cumprod: torch.Tensor, steps: int, scheduler_config: di
     With a diffusers scheduler config (e.g. a Stable Diffusion folder's scheduler/), the
     timesteps and the final ᾱ follow `DDIMScheduler` for that config (SD: leading spacing,
     steps_offset 1, final ᾱ = ᾱ_0). Without: leading spacing, offset 0, final ᾱ = 1.
+    Each step maps to the next visited timestep (so the next ε̂ is taken at the level the latent
+    is at), the last one to t − T//S (DDIMScheduler.step's previous timestep) or the final ᾱ. For
+    leading spacing (SD's, SDXL's) that is DDIMScheduler.step exactly; on linspace or trailing
+    grids, which are not spaced T//S apart (PixArt's DPM-Solver config: linspace),
+    DDIMScheduler.step would step to t − T//S, off the grid the next ε̂ is taken on.
+    The prediction type does not enter: `model.eps` returns ε̂ for ε and v models alike.
     """
     ac = torch.as_tensor(alphas_cumprod).detach().double().cpu()
     T = ac.shape[0]
@@ -78,11 +116,11 @@ def ddim_schedule(alphas_cumprod: torch.Tensor, steps: int, scheduler_config: di
     if scheduler_config is not None:
         from diffusers import DDIMScheduler
 
-        cfg = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
-        if cfg.get("prediction_type", "epsilon") != "epsilon":
-            raise ModelError(f"the scheduler predicts {cfg['prediction_type']!r}; dynamics needs ε-prediction")
+        drop = {"prediction_type", "num_train_timesteps"}
+        cfg = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_") and k not in drop}
         cfg["num_train_timesteps"] = T
-        sched = DDIMScheduler.from_config(cfg)
+        with quiet_libraries():  # another scheduler's config: its extra keys are ignored (and logged)
+            sched = DDIMScheduler.from_config(cfg)
         sched.set_timesteps(steps)
         ts = sched.timesteps.long().cpu()
         final = float(sched.final_alpha_cumprod)
@@ -90,9 +128,22 @@ def ddim_schedule(alphas_cumprod: torch.Tensor, steps: int, scheduler_config: di
         ratio = T // steps
         ts = (torch.arange(steps) * ratio).flip(0).long()
         final = 1.0
-    prev = ts - T // steps
-    a_out = torch.where(prev >= 0, ac[prev.clamp_min(0)], torch.tensor(final, dtype=torch.float64))
+    last = int(ts[-1]) - T // steps
+    a_last = ac[last] if last >= 0 else torch.tensor(final, dtype=torch.float64)
+    a_out = torch.cat([ac[ts[1:]], a_last.reshape(1)])
     return ts, ac[ts], a_out
+
+
+def flow_schedule(model, steps: int):
+    """(σ·T [S], σ_in [S], σ_out [S]) of a flow Euler run of `steps` steps on the σ grid of
+    `model.sampling_sigmas` (σ_in[0] = 1: the run starts from pure noise; σ_out[-1] = 0)."""
+    T = int(torch.as_tensor(model.alphas_cumprod).shape[0])
+    if int(steps) < 1:
+        raise InputError(f"steps must be ≥ 1, got {steps}")
+    sig = torch.as_tensor(model.sampling_sigmas(int(steps)), dtype=torch.float64).cpu()
+    if sig.shape != (int(steps) + 1,) or (sig[1:] > sig[:-1]).any() or sig[0] > 1 or sig[-1] < 0:
+        raise InputError(f"sampling_sigmas({steps}) must be {int(steps) + 1} decreasing values in [0, 1]")
+    return sig[:-1] * T, sig[:-1], sig[1:]
 
 
 def guidance_schedule(steps: int, guidance: float, delay: int = 0, early_guidance: float = 1.0) -> torch.Tensor:
@@ -106,28 +157,43 @@ def guidance_schedule(steps: int, guidance: float, delay: int = 0, early_guidanc
     return w
 
 
-@torch.no_grad()
-def sample_ddim(
-    model,
-    cond,
-    uncond,
-    noise: torch.Tensor,
-    steps: int = 50,
-    guidance: float | torch.Tensor = 7.5,
-    scheduler_config: dict | None = None,
-    progress: bool = False,
-) -> Trajectory:
-    """Run N trajectories (one per row of `noise`) of one prompt and record them.
+def sample_trajectories(model, cond, uncond, noise: torch.Tensor, steps: int = 50,
+                        guidance: float | torch.Tensor = 7.5, scheduler_config: dict | None = None,
+                        progress: bool = False) -> Trajectory:
+    """Run N trajectories (one per row of `noise`) of one prompt with the sampler of the model's
+    family (`paths.path_of`: DDIM for VP families, flow Euler for SD3 / FLUX) and record them.
 
     cond / uncond: the conditional and null conditions for N rows (batch-first tensors with
     equal trailing shapes, e.g. `model.encode_cond([caption] * N)` and `model.uncond(N)`);
-    a single row is expanded to N. Both are evaluated in one batched UNet call per step.
+    a single row is expanded to N. Both are evaluated in one batched denoiser call per step.
     guidance: a float w or a per-step tensor of w (see `guidance_schedule`).
+    scheduler_config: the VP timesteps' scheduler config (`ddim_schedule`; default: the model's
+    own scheduler's, if it has one); a flow model's σ grid comes from `model.sampling_sigmas`.
     """
+    path = path_of(model)
+    if path.kind == "flow":
+        grid = flow_schedule(model, steps)
+    else:
+        cfg = scheduler_config if scheduler_config is not None else model_scheduler_config(model)
+        grid = ddim_schedule(model.alphas_cumprod, steps, cfg)
+    return _run(model, path, grid, cond, uncond, noise, guidance, progress)
+
+
+def sample_ddim(model, cond, uncond, noise: torch.Tensor, steps: int = 50, guidance: float | torch.Tensor = 7.5,
+                scheduler_config: dict | None = None, progress: bool = False) -> Trajectory:
+    """DDIM over `model.eps` and `model.alphas_cumprod` whatever the family (for a flow model, its
+    VP-equivalent on the grid σ_t = t/T, docs/models.md §Flow matching); arguments as
+    `sample_trajectories`."""
+    return _run(model, VP, ddim_schedule(model.alphas_cumprod, steps, scheduler_config), cond, uncond, noise,
+                guidance, progress)
+
+
+@torch.no_grad()
+def _run(model, path, grid, cond, uncond, noise, guidance, progress) -> Trajectory:
     if noise.dim() < 2:
         raise InputError(f"noise must be [N, *latent_shape], got {tuple(noise.shape)}")
     n = noise.shape[0]
-    ts, a_in, a_out = ddim_schedule(model.alphas_cumprod, steps, scheduler_config)
+    ts, l_in, l_out = grid
     S = ts.shape[0]
     w = guidance if isinstance(guidance, torch.Tensor) else torch.full((S,), float(guidance))
     w = w.detach().double().cpu()
@@ -137,24 +203,22 @@ def sample_ddim(
     both = torch.cat([u, c]) if isinstance(c, torch.Tensor) else _cat_cond(u, c)
     device = _device_of(model, noise)
     z = noise.detach().to(device=device, dtype=torch.float32)
-    lat, ec, eu = [z.cpu()], [], []
+    lat, pc, pu = [z.cpu()], [], []
     it = range(S)
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="DDIM", leave=False)
+        it = tqdm(it, desc=path.sampler_name, leave=False)
     for i in it:
-        t = torch.full((2 * n,), int(ts[i]), dtype=torch.long, device=device)
-        e = model.eps(torch.cat([z, z]), t, both).float()
-        check_finite(e, f"model.eps at step {i} (t={int(ts[i])})")
-        e_u, e_c = e[:n], e[n:]
-        e_g = e_u + float(w[i]) * (e_c - e_u)
-        ai, ao = float(a_in[i]), float(a_out[i])
-        z = ddim_step(z, e_g, ai**0.5, (1 - ai) ** 0.5, ao**0.5, (1 - ao) ** 0.5)
+        p = path.predict(model, torch.cat([z, z]), ts[i], l_in[i], both)
+        check_finite(p, f"{path.describe(ts[i], l_in[i])} (step {i})")
+        p_u, p_c = p[:n], p[n:]
+        p_g = p_u + float(w[i]) * (p_c - p_u)
+        z = path.step(z, p_g, float(l_in[i]), float(l_out[i]))
         lat.append(z.cpu())
-        ec.append(e_c.cpu())
-        eu.append(e_u.cpu())
-    return Trajectory(ts, a_in, a_out, w, torch.stack(lat), torch.stack(ec), torch.stack(eu))
+        pc.append(p_c.cpu())
+        pu.append(p_u.cpu())
+    return Trajectory(ts, l_in, l_out, w, torch.stack(lat), torch.stack(pc), torch.stack(pu), path)
 
 
 def _rows(c, n: int, what: str):
@@ -180,3 +244,9 @@ def _device_of(model, fallback: torch.Tensor) -> torch.device:
     if dev is not None:
         return torch.device(dev)
     return torch.as_tensor(model.alphas_cumprod).device if isinstance(model.alphas_cumprod, torch.Tensor) else fallback.device
+
+
+def model_scheduler_config(model) -> dict | None:
+    """The config of the model's diffusers scheduler (None without one)."""
+    cfg = getattr(getattr(model, "scheduler", None), "config", None)
+    return dict(cfg) if cfg is not None else None

@@ -53,6 +53,21 @@ class FluxModel(FlowMatchingModel):
         if cond.shape[0] != n:
             raise InputError(f"the condition has {cond.shape[0]} rows for {n} latents")
 
+    def _sampling_kwargs(self, steps: int) -> dict:
+        """As `FluxPipeline.__call__`: σ = linspace(1, 1/steps) (unless `use_flow_sigmas`), μ from the
+        packed token count."""
+        import numpy as np
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        cfg = self.scheduler.config
+        _, h, w = self.latent_shape
+        mu = calculate_shift((h // 2) * (w // 2), cfg.get("base_image_seq_len", 256),
+                             cfg.get("max_image_seq_len", 4096),
+                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        if cfg.get("use_flow_sigmas"):
+            return {"num_inference_steps": steps, "mu": mu}
+        return {"sigmas": np.linspace(1.0, 1 / steps, steps), "mu": mu}
+
     def _net_timestep(self, sigma):
         return (sigma * self.num_train_timesteps / 1000).to(self.device, self.dtype)
 
