@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .plan import AuditConfig
+from .plan import AuditConfig, attacks_for
 
 DEMOS = {"digits": ("digits", "digits"), "fashion-mnist": ("fashion-mnist", "fashion-mnist")}
 
@@ -42,7 +42,7 @@ def run_demo(out_dir: str | Path = "diffaudit-report", data: str = "digits", see
         vae_steps = vae_steps or QUICK["vae_steps"]
         unet_steps = unet_steps or QUICK["unet_steps"]
         config = config or from_dict({**QUICK["config"], "seed": seed})
-    config = config or AuditConfig(seed=seed)
+    config = config or AuditConfig(seed=seed, attacks=attacks_for(conditional=False))  # the demo LDM is unconditional
 
     t0 = time.perf_counter()
     # 1. The split: members / held-out files with content hashes (reused when already there).

@@ -293,6 +293,15 @@ def attack_bank(config: AuditConfig, attack: str) -> list[MaskId]:
     return mask_bank(config) if is_masked(attack) else [MaskId("none")]
 
 
+def attacks_for(conditional: bool) -> tuple[str, ...]:
+    """Every registered attack a model can serve, in registration order: all but those that need
+    a conditional model (CLiD) when `conditional` is False. The demo runs these (its digits LDM
+    is unconditional); their extra cost: benchmarks/bench_new_attacks.py."""
+    from ..attacks import ATTACKS
+
+    return tuple(a for a, spec in ATTACKS.items() if conditional or "conditional" not in spec.needs)
+
+
 def check_grids(config: AuditConfig, n_timesteps: int, attacks=None) -> None:
     """Every grid t of every attack must lie in the model's [0, T) (SecMI: t + interval < T);
     one ConfigError naming the attack and the t, before any compute."""

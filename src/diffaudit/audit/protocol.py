@@ -15,6 +15,10 @@ DeLong's variance of the contrast (:func:`diffaudit.metrics.auc_contrast`), whic
 samples analytically with the mask draws inside the contrast; they carry the p-values the
 verdicts use. Thresholds for 1% / 0.1% FPR are also fitted on the calibration fold and applied
 to the evaluation fold (:func:`diffaudit.metrics.transfer`).
+
+An unmasked attack (a scalar statistic: PFAMI) is summarised with its unfiltered row only
+(``settings=("none",)``); a feature attack (GSA) by :func:`summarise_classifier`, under the
+calibrated protocol only: its classifier is fitted on the calibration fold (docs/attacks.md).
 """
 from __future__ import annotations
 
@@ -144,7 +148,8 @@ def summarise_attack(stats: np.ndarray, member: np.ndarray, grid: list[int], col
 
 
 def summarise_classifier(features: np.ndarray, member: np.ndarray, t: int, n_boot: int, seed: int,
-                         calibration: tuple[np.ndarray, np.ndarray], classifier_seed: int = 0) -> tuple[dict, np.ndarray]:
+                         calibration: tuple[np.ndarray, np.ndarray],
+                         classifier_seed: int = 0) -> tuple[dict, np.ndarray]:
     """A feature attack's unfiltered row under the calibrated protocol, and its scores.
 
     The classifier (:func:`diffaudit.attacks.classifier.classifier_scores`, gradient-boosted trees)
