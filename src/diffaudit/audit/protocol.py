@@ -60,8 +60,10 @@ def _columns(cols: dict, setting: str) -> list[int]:
 def select_t(stats: np.ndarray, member: np.ndarray, sel: np.ndarray, columns: list[int], by_metric: bool) -> dict:
     """{metric: t index} maximising the row's metric (mean over its columns) on the samples `sel`."""
     want = METRICS if by_metric else ("auc",)
-    curves = [metrics_matrix(-stats[:, :, j][sel], member[sel], want) for j in columns]
-    mean = {m: np.mean([c[m] for c in curves], axis=0) for m in want}
+    S = -stats[:, :, columns][sel]  # [n, T, J] (J columns of M, never the whole array): one call
+    n, T, J = S.shape
+    mm = metrics_matrix(S.reshape(n, T * J), member[sel], want)
+    mean = {m: np.mean(mm[m].reshape(T, J).T, axis=0) for m in want}
     if by_metric:
         return {m: int(np.argmax(mean[m])) for m in METRICS}
     ti = int(np.argmax(mean["auc"]))
