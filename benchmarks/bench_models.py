@@ -10,9 +10,11 @@ Two sizes:
 And the "models" benchmark (`bench_families`; `python benchmarks/bench_models.py`): per model
 family (models.registry.FAMILIES), the SimA + Loss + PIA + SecMI sweep over the audit's default
 grids through the family's adapter (loaded from its tiny pipeline folder, models/tiny_pipelines.py)
-against the bare denoiser forwards it needs: the same rows in calls of the audit's batch size, on
-inputs prepared beforehand as the family's pipeline passes them (FLUX: packed tokens and ids;
-SD3: σ·T; SDXL: pooled embeddings and size ids; PixArt: the mask). Target: ratio ≤ 1.15.
+against the bare denoiser forwards it needs: the very calls the sweep made (same rows per call,
+max_batch as run_audit passes it), on inputs prepared beforehand as the family's pipeline passes
+them (FLUX: packed tokens and ids; SD3: σ·T; SDXL: pooled embeddings and size ids; PixArt: the
+mask); and the same sweep over those bare forwards, which isolates the adapter's share. Target:
+ratio ≤ 1.15 (CPU-time minimum where measured).
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ class DynamicsConfig:
 
     seeds: int = 10  # generations per prompt (N = 10 in the paper)
     guidance: float = 7.5
-    steps: int = 50  # DDIM steps
+    steps: int = 50  # sampler steps (DDIM; flow Euler for SD3 / FLUX)
     seed: int = 0  # run seed: seed index i gets the same z_T for every prompt
     delays: tuple[int, ...] = (5, 10)  # mitigation: guidance delayed for the first m steps
     early_guidance: float = 1.0  # w during the delay (1 = conditional only)
@@ -110,7 +110,7 @@ def analyze_prompts(model, captions: list[str], z_xs: list, cfg: DynamicsConfig,
                     progress: bool = False) -> list[dict]:
     """Sample prompts with guidance w, without (w = 1) and with each delay m, and measure.
 
-    All prompts × seeds go through the UNet as one batch (seed i has the same z_T for every
+    All prompts × seeds go through the denoiser as one batch (seed i has the same z_T for every
     prompt). z_xs[p]: latent of prompt p's paired training image, or None (→ each trajectory's
     own final latent for the decomposition and the alignment; no severity, no loss view).
     """

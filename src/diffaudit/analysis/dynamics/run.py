@@ -69,7 +69,7 @@ def run_dynamics(model, prompts, out_dir, images_dir=None, config: DynamicsConfi
     """Analyse every prompt (a prompts file path or a list of `PromptItem`) and write the report.
 
     Resumable: prompts whose result file exists are loaded, not recomputed. `prompt_batch`
-    prompts (× seeds × 2 for guidance) share one UNet batch.
+    prompts (× seeds × 2 for guidance) share one denoiser batch.
     """
     if prompt_batch < 1:
         raise InputError(f"prompt_batch must be ≥ 1, got {prompt_batch}")
