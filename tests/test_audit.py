@@ -8,6 +8,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from diffaudit.audit import AuditConfig, SampleSet, run_audit
 from diffaudit.audit.plan import from_dict, load_config, mask_bank
+from diffaudit.audit.presets import audit_preset
 from diffaudit.audit.protocol import calibration_split, metrics_matrix
 from diffaudit.audit.store import ChunkStore
 from diffaudit.errors import ConfigError, DataError
@@ -106,11 +107,7 @@ def _tiny_model():
 
 
 def _tiny_config(**kw):
-    base = dict(timesteps={"sima": [0, 20], "loss": [20], "pia": [20], "secmi": [0, 20]}, k=40, k_sweep=(0, 40),
-                n_random=3, n_probes=2, svd_rank=2, svd_block_size=2, svd_power_iters=1, bootstrap=20,
-                hf_timesteps=(20,), strata_random=2, chunk_size=6, batch_size=6)
-    base.update(kw)
-    return from_dict(base)
+    return audit_preset("tiny", **{"n_random": 3, "chunk_size": 6, "batch_size": 6, **kw})
 
 
 def _samples():
@@ -126,7 +123,6 @@ def _strip(results):
     return r
 
 
-@pytest.mark.slow
 def test_audit_end_to_end_resumes_and_ignores_batching(tmp_path):
     model, samples = _tiny_model(), _samples()
     cfg = _tiny_config()

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_reliability import TINY_CONFIG, reference_results, run_cli, subprocess_env, workspace
+from conftest import TINY_CONFIG, reference_results, run_cli, subprocess_env, workspace
 
 
 def _png(path: Path, seed: int) -> Path:
@@ -214,13 +214,11 @@ def test_real_process_exit_code_and_single_line(case):
     assert_one_error_line(proc.returncode, proc.stderr, "escapes the data root")
 
 
-@pytest.mark.slow
 def test_few_heldout_samples_warn_about_tpr_at_0_1_percent(tmp_path_factory):
     warnings = reference_results(tmp_path_factory)["warnings"]
     assert any("TPR@0.1%FPR" in w and "1000 held-out" in w and "has 10" in w for w in warnings), warnings
 
 
-@pytest.mark.slow
 def test_captions_and_file_names_are_escaped_in_the_report(tmp_path, capsys):
     pytest.importorskip("transformers")
     from diffaudit.models.tiny import save_tiny_model_folder

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from diffaudit.distributed import launched_distributed, process_group
-from test_reliability import (assert_each_sample_once, audit_args, comparable, reference_results, run_cli,
-                              subprocess_env, workspace)
+from conftest import (assert_each_sample_once, audit_args, comparable, reference_results, run_cli,
+                      subprocess_env, workspace)
 
 
 def _free_port() -> int:

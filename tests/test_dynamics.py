@@ -1,4 +1,5 @@
-"""Memorization dynamics (diffaudit.analysis.dynamics; SPEC §8)."""
+"""Memorization dynamics (diffaudit.analysis.dynamics; Kim, Kim & Lee, How Diffusion Models Memorize,
+arXiv 2509.25705)."""
 from __future__ import annotations
 
 import json
@@ -352,9 +353,9 @@ def _train_toy(steps=600, rep=30, n_mem=6, n_ctl=6, n_gen=400, batch=64, lr=2e-3
     return model, mem_caps + ctl_caps, [X[j] for j in list(mem) + list(ctl)], [True] * n_mem + [False] * n_ctl
 
 
+# Slow: 2.6 min on 2 idle cores, ~90% of it training; a quarter of the training (300 steps at batch 32)
+# no longer memorizes enough (guided D0 AUC 0.81), so the toy keeps its size and runs with `-m slow`.
 @pytest.mark.slow
-@pytest.mark.skipif(__import__("os").environ.get("DIFFAUDIT_TOY") == "0",
-                    reason="DIFFAUDIT_TOY=0: skip the toy (2.6 min on an idle 2-core CPU, ~7 min on busy cores)")
 def test_toy_memorization_dynamics():
     from sklearn.metrics import roc_auc_score
 
