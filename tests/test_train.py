@@ -1,4 +1,4 @@
-"""diffaudit.train: β-VAE loss, saving in diffusers format, determinism, resume (SPEC §6)."""
+"""diffaudit.train: β-VAE loss, saving in diffusers format, determinism, resume (arXiv 2511.20592 App. H)."""
 from __future__ import annotations
 
 import json
@@ -67,6 +67,22 @@ def test_vae_loss_matches_hand_computation(digits16):
         z = mu + std * torch.randn(mu.shape)
         recon_s = (vae.decode(z).sample - x).abs().mean()
     assert torch.allclose(got_s["recon"], recon_s, atol=1e-6)
+
+
+def test_vae_init_logvar_shifts_only_the_posterior_log_variance(digits16):
+    x = digits16[0][:4]
+    torch.manual_seed(2)
+    plain = build_vae(tiny(vae_init_logvar=None), in_channels=1)
+    torch.manual_seed(2)
+    low = build_vae(tiny(vae_init_logvar=-5.0), in_channels=1)
+    c = plain.config.latent_channels
+    with torch.no_grad():
+        a, b = plain.encode(x).latent_dist, low.encode(x).latent_dist
+        shift = (-5.0 - plain.quant_conv.bias[c:]).view(1, c, 1, 1)
+    assert torch.equal(a.mean, b.mean)
+    assert torch.allclose(b.logvar, a.logvar + shift, atol=1e-5)
+    # The digits preset starts its encoder there (the latent-usage fix recorded in presets.py).
+    assert torch.equal(build_vae(get_preset("digits"), 1).quant_conv.bias[c:], torch.full((c,), -5.0))
 
 
 def test_train_saves_diffusers_layout_and_reloads(digits16, tmp_path):

@@ -1,4 +1,4 @@
-"""Training the paper's LDMs (SPEC §6, App. H): β-VAE + latent DDPM, presets as data."""
+"""Training the paper's LDMs (arXiv 2511.20592 App. H): β-VAE + latent DDPM, presets as data."""
 from .models import build_scheduler, build_unet, build_vae, ddpm_loss, encode_latents, kl_per_element, vae_loss
 from .presets import PRESETS, Preset, get_preset
 from .data import load_split_images

@@ -8,7 +8,7 @@ import torch
 
 def load_split_images(members_path, resolution: int, data_root=None, need_labels: bool = False,
                       expect_source: str | None = None):
-    """(images [N, C, r, r] in [-1, 1], labels or None, split_info, source spec) of a member split.
+    """(images [N, C, r, r] in [-1, 1], labels or None, split_info) of a member split.
 
     Hashes are verified against the split file as the images are read (diffaudit.data).
     `expect_source`: a source spec the split must have been drawn from (the CLI's --data).

@@ -1,4 +1,4 @@
-"""Model construction and the two training losses (paper App. H, App. E; SPEC §6).
+"""Model construction and the two training losses (arXiv 2511.20592 App. H, App. E).
 
 - β-VAE: diffusers `AutoencoderKL`, loss ℓ1 + β_KL · KL with KL averaged over latent elements.
 - VQ variant: diffusers `VQModel`, loss ℓ1 + the quantizer's commitment/codebook loss.
@@ -18,7 +18,12 @@ def build_vae(preset: Preset, in_channels: int):
     cfg = dict(preset.vae_config, in_channels=in_channels, out_channels=in_channels)
     if preset.vae_type == "vq":
         return VQModel(**cfg, scaling_factor=1.0)
-    return AutoencoderKL(**cfg, scaling_factor=1.0)
+    vae = AutoencoderKL(**cfg, scaling_factor=1.0)
+    if preset.vae_init_logvar is not None:
+        # The log σ² half of the posterior moments comes from quant_conv's last latent_channels outputs.
+        with torch.no_grad():
+            vae.quant_conv.bias[cfg["latent_channels"]:] = float(preset.vae_init_logvar)
+    return vae
 
 
 def build_unet(preset: Preset, num_class_embeds: int | None = None):

@@ -1,6 +1,6 @@
 """`train_ldm`: β-VAE, then a latent DDPM on its frozen latents, saved in diffusers format.
 
-Paper App. H / SPEC §6. The output folder follows docs/contracts.md:
+arXiv 2511.20592 App. H. The output folder follows docs/contracts.md:
   out/vae/ (AutoencoderKL or VQModel), out/unet/ (UNet2DModel), out/scheduler/ (DDPMScheduler),
   out/diffaudit.json, and out/checkpoints/ (resumable state; safe to delete once finished).
 Rerunning with the same arguments continues from the last checkpoint; a finished stage is
