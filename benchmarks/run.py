@@ -9,7 +9,9 @@ Each figure is a ratio against a baseline measured in the same run on the same m
    accuracy against the full Jacobian;
 3. attack sweep: SimA + PIA + Loss + SecMI over the default t grid vs the bare UNet rows it needs;
 4. memory: peak RSS of run_audit with 4× more samples (fresh subprocesses);
-5. scaling: run_audit time vs N.
+5. scaling: run_audit time vs N;
+6. models: the attack sweep per model family through its adapter vs the bare denoiser forwards
+   (bench_models.bench_families, tiny pipeline folders).
 On a CPU the models are reduced (Stable Diffusion's VAE layout at 1/8 or 1/16 width, 64²
 images); with --device cuda they default to SD v1's sizes (4×64×64 latents, 512² images).
 """
@@ -28,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHES = ("influence", "distortion", "sweep", "audit")
+BENCHES = ("influence", "distortion", "sweep", "audit", "models")
 # Published dense peaks (NVIDIA datasheets, SXM parts) to express achieved FLOP/s as a fraction.
 GPU_PEAK_TFLOPS = {"H100": {"tf32": 494.7, "float16": 989.4}, "H200": {"tf32": 494.7, "float16": 989.4}}
 
@@ -128,6 +130,10 @@ def table(results: dict) -> str:
         per = ", ".join(f"N={n}: {fmt(v * 1000, 0)} ms" for n, v in r["time_per_sample_s"].items())
         rows.append(("scaling", f"time/N {per}", "linear", str(r["target_met"]),
                      fmt(1 / list(r["time_per_sample_s"].values())[-1]), ""))
+    if "models" in results:
+        from bench_models import table_rows
+
+        rows += table_rows(results["models"])
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -156,6 +162,7 @@ def main(argv=None) -> int:
 
     from bench_audit import bench_audit
     from bench_geometry import bench_distortion, bench_influence
+    from bench_models import bench_families
     from bench_sweep import bench_sweep
 
     info = machine_info(a.device, threads)
@@ -164,7 +171,8 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     steps = {"influence": lambda: bench_influence(a.device, size, a.quick),
              "distortion": lambda: bench_distortion(a.device, size, a.quick),
-             "sweep": lambda: bench_sweep(a.device, size, a.quick)}
+             "sweep": lambda: bench_sweep(a.device, size, a.quick),
+             "models": lambda: bench_families(a.device, a.quick)}
     for name in only:
         t0 = time.perf_counter()
         if name == "audit":
