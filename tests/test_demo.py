@@ -1,17 +1,20 @@
-"""A reduced `diffaudit demo` end to end: split, train, audit, report, resume."""
+"""`diffaudit demo`: a reduced demo end to end (split, train, audit, report, resume), and the model
+that ships for the default demo (digits, seed 0)."""
+import hashlib
 import json
 
 import pytest
 
-from diffaudit.audit.demo import run_demo
-from diffaudit.audit.plan import from_dict
+from diffaudit.audit.demo import bundled_model, install_bundled_model, run_demo
+from diffaudit.audit.fingerprint import model_folder_hash
+from diffaudit.audit.presets import audit_preset
+from diffaudit.data import write_split
+from diffaudit.errors import ConfigError, DataError
+from diffaudit.train import get_preset
 
 
-@pytest.mark.slow
 def test_reduced_demo_end_to_end(tmp_path):
-    cfg = from_dict(dict(timesteps={"sima": [0, 50], "loss": [50], "pia": [50], "secmi": [0]}, k_sweep=(0, 40),
-                         n_random=2, n_probes=2, svd_rank=2, svd_block_size=2, svd_power_iters=1, bootstrap=20,
-                         hf_timesteps=(50,), strata_random=2, chunk_size=8))
+    cfg = audit_preset("tiny", chunk_size=8)
     kw = dict(out_dir=tmp_path / "r", n_members=12, vae_steps=3, unet_steps=3, config=cfg, progress=False,
               log=lambda m: None)
     res = run_demo(**kw)
@@ -20,8 +23,68 @@ def test_reduced_demo_end_to_end(tmp_path):
         assert (out / f).exists(), f
     r = json.loads((out / "results.json").read_text())
     assert r["split"]["members"]["n"] == 12 and r["model"]["latent_shape"] == [4, 8, 8]
+    assert "bundled" not in r["model"]
     assert {f["id"].split("/")[0] for f in r["findings"]} >= {"filter_gain", "filter_vs_random", "reverse"}
     # Rerunning the same command reuses the split, the trained model and every cached chunk.
     again = run_demo(**kw)
     assert again.results["protocols"] == res.results["protocols"]
     assert again.results["timing"]["geometry_s"] == 0 and again.results["timing"]["attacks_s"] == 0
+
+
+# -- the model shipped for the default demo --
+
+def _shipped():
+    bundle = bundled_model("digits", 0)
+    assert bundle is not None, "the default demo's model (src/diffaudit/audit/demo_models/digits-seed0) is missing"
+    return bundle, json.loads((bundle / "bundle.json").read_text())
+
+
+def _digits_split(seed):
+    from diffaudit.data import make_split, open_source
+
+    return make_split(open_source("digits", size=16, channels=1), 512, 512, seed)
+
+
+def test_shipped_model_is_the_recorded_training_of_the_current_digits_preset():
+    bundle, rec = _shipped()
+    files = {str(p.relative_to(bundle)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(bundle.rglob("*")) if p.is_file() and p.parts[-2] in ("vae", "unet", "scheduler")}
+    assert files == rec["files_sha256"] and len(files) == 5
+    assert model_folder_hash(bundle) == rec["model_sha256"]
+    assert sum((bundle / f).stat().st_size for f in files) <= 5 * 2**20
+    # Trained with today's digits recipe: a change to the preset means re-making the model
+    # (python benchmarks/make_demo_model.py --install).
+    meta = json.loads((bundle / "diffaudit.json").read_text())
+    assert meta["preset_config"] == json.loads(json.dumps(get_preset("digits").to_dict()))
+    assert meta["seed"] == 0 and meta["steps"] == {"vae": 1000, "unet": 3000} and meta["torch_threads"] == 1
+    m, h = _digits_split(0)  # the demo's split at seed 0 is the one it was trained on
+    assert (m.digest(), h.digest()) == (rec["split"]["members_sha256"], rec["split"]["heldout_sha256"])
+    assert meta["split"]["members"]["sha256"] == m.digest()
+
+
+def test_installing_the_shipped_model_checks_split_and_folder(tmp_path):
+    bundle, rec = _shipped()
+    m, h = _digits_split(0)
+    target = tmp_path / "model"
+    install_bundled_model(bundle, target, m, h)
+    assert model_folder_hash(target) == rec["model_sha256"]
+    install_bundled_model(bundle, target, m, h)  # again: the folder is reused
+    m1, h1 = _digits_split(1)
+    write_split(m1, tmp_path / "s1" / "members.json")
+    with pytest.raises(DataError, match="differs from the members split the bundled model digits-seed0"):
+        install_bundled_model(bundle, target, m1, h)
+    weights = target / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ConfigError, match="holds another model than the bundled digits-seed0"):
+        install_bundled_model(bundle, target, m, h)
+
+
+@pytest.mark.slow  # audits all 1024 samples (≈ 17 CPU-s with the tiny config)
+def test_default_demo_audits_the_shipped_model(tmp_path):
+    logs = []
+    res = run_demo(out_dir=tmp_path / "r", config=audit_preset("tiny"), progress=False, log=logs.append)
+    _, rec = _shipped()
+    assert res.results["model"]["bundled"] == "digits-seed0" and res.results["model"]["sha256"] == rec["model_sha256"]
+    assert res.results["split"]["members"]["n"] == 512 and not any("training" in line for line in logs)
+    with pytest.raises(ConfigError, match="holds the bundled model"):  # --train needs its own folder
+        run_demo(out_dir=tmp_path / "r", train=True, config=audit_preset("tiny"), progress=False, log=logs.append)

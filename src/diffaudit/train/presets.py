@@ -152,7 +152,9 @@ PRESETS: dict[str, Preset] = {
             # 1000/2000/3000 steps (seed 0): 0.60/0.73/0.87: 3000 is the first measured count that
             # clears the demo's 0.75 with margin while training stays ≈ 5 CPU-minutes.
             # (Those AUCs were measured with the 1-layer VAE; with the 2-layer VAE the default demo,
-            # seed 0, gives SimA 0.862 and PIA 0.823: benchmarks/results/demo-digits-seed0.json.)
+            # seed 0, gave SimA 0.862 and PIA 0.823: benchmarks/results/demo-digits-seed0.json; with the
+            # encoder started at log σ² = -5 it gives SimA 0.787 and PIA 0.716 under the paper's protocol,
+            # 0.798 and 0.694 calibrated: benchmarks/results/demo-digits-seed0-bundled.json.)
             unet_config=_unet((32, 32, 64), attn_levels={2}, layers=1, groups=8) | {"sample_size": 8},
             unet_batch=64,
             unet_steps=3000,
