@@ -14,6 +14,7 @@ import torch
 from ._linearize import Linearization
 
 PROBES = ("rademacher", "gaussian")
+SLQ_STEPS = 100  # default Lanczos steps: quadrature bias < 0.1 x the 16-probe trace std, measured (distortion)
 
 
 def slq_logdet(lin: Linearization, U: torch.Tensor, steps: int) -> torch.Tensor:
@@ -23,7 +24,9 @@ def slq_logdet(lin: Linearization, U: torch.Tensor, steps: int) -> torch.Tensor:
     dtype = U.dtype
     norms2 = U.square().sum(dim=1)  # [n, P]
     q = U / norms2.sqrt().unsqueeze(1)
-    basis = [q]
+    # Lanczos vectors, preallocated: [n, P, d, steps] (a list stacked every step costs O(steps²·d)).
+    basis = U.new_zeros(n, P, d, steps)
+    basis[..., 0] = q.transpose(1, 2)
     alphas, betas = [], []
     active = torch.ones(n, P, dtype=torch.bool, device=U.device)
     scale = torch.zeros(n, P, dtype=dtype, device=U.device)
@@ -33,9 +36,11 @@ def slq_logdet(lin: Linearization, U: torch.Tensor, steps: int) -> torch.Tensor:
         a = (q * w).sum(dim=1)
         # Full reorthogonalisation against every Lanczos vector so far (twice), which also
         # removes the a·q and b·q_prev terms of the three-term recurrence.
-        Qm = torch.stack(basis, dim=-1)  # [n, d, P, j+1]
+        Qm = basis[..., :j + 1]  # [n, P, d, j+1]
+        wt = w.transpose(1, 2).unsqueeze(-1)  # [n, P, d, 1]
         for _ in range(2):
-            w = w - (Qm * (Qm * w.unsqueeze(-1)).sum(dim=1, keepdim=True)).sum(dim=-1)
+            wt = wt - Qm @ (Qm.transpose(-1, -2) @ wt)
+        w = wt.squeeze(-1).transpose(1, 2)
         # A stopped probe (invariant subspace found) continues as a decoupled identity block:
         # eigenvalue 1, log 1 = 0, so it adds nothing.
         alphas.append(torch.where(active, a, torch.ones_like(a)))
@@ -48,7 +53,7 @@ def slq_logdet(lin: Linearization, U: torch.Tensor, steps: int) -> torch.Tensor:
         active = active & ~stop
         q = torch.where(active.unsqueeze(1), w / b.clamp_min(torch.finfo(dtype).tiny).unsqueeze(1),
                         torch.zeros_like(w))
-        basis.append(q)
+        basis[..., j + 1] = q.transpose(1, 2)
     T = torch.diag_embed(torch.stack(alphas, dim=-1))
     if betas:
         off = torch.diag_embed(torch.stack(betas, dim=-1), offset=1)
