@@ -1,17 +1,19 @@
-"""diffaudit's speed benchmarks (issue 5): one command, a table, and a JSON file.
+"""diffaudit's speed benchmarks: one command, a table of goals with targets, and a JSON file.
 
     python benchmarks/run.py [--quick] [--device cuda] [--out benchmarks/results/]
 
 Each figure is a ratio against a baseline measured in the same run on the same model:
 1. influence: geometry.influence vs Algorithm 2 (per-sample, per-probe loop) and vs the bare
    passes (one forward + n_mc backward at the same batch size);
-2. distortion: geometry.singular_values vs per-column double-backward JVPs / VJPs, at equal
+2. distortion: geometry.singular_values vs the paper authors' own Algorithm 1 code path
+   (per-column functional.jvp, one forward + retained-graph backwards), at equal or better
    accuracy against the full Jacobian;
+   SD scale: influence and distortion seconds, products and peak RSS per sample with SD v1's
+   VAE at 4×32×32 on the CPU, and the projection to 4×64×64 on a GPU (full mode only);
+   SLQ: the quadrature bias of distortion(estimator="slq") at its default steps;
 3. attack sweep: SimA + PIA + Loss + SecMI over the default t grid vs the bare UNet rows it needs;
 4. memory: peak RSS of run_audit with 4× more samples (fresh subprocesses);
-5. scaling: run_audit time vs N;
-6. models: the attack sweep per model family through its adapter vs the bare denoiser forwards
-   (bench_models.bench_families, tiny pipeline folders).
+5. scaling: run_audit time vs N.
 On a CPU the models are reduced (Stable Diffusion's VAE layout at 1/8 or 1/16 width, 64²
 images); with --device cuda they default to SD v1's sizes (4×64×64 latents, 512² images).
 """
@@ -30,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHES = ("influence", "distortion", "sweep", "audit", "models")
+BENCHES = ("influence", "distortion", "sd", "slq", "sweep", "audit", "models")
 # Published dense peaks (NVIDIA datasheets, SXM parts) to express achieved FLOP/s as a fraction.
 GPU_PEAK_TFLOPS = {"H100": {"tf32": 494.7, "float16": 989.4}, "H200": {"tf32": 494.7, "float16": 989.4}}
 
@@ -93,51 +95,110 @@ def _tflops(r: dict) -> str:
     return f"{t:.3f}" + (f" ({100 * frac:.0f}% of peak)" if frac else "")
 
 
-def table(results: dict) -> str:
-    rows = [("benchmark", "figure (min run; median)", "target", "met", "samples/s", "TFLOP/s")]
-    if "influence" in results:
-        r = results["influence"]
-        rows.append(("influence", f"{fmt(r['fraction_of_limit']['min'])} of limit ({fmt(r['fraction_of_limit']['median'])}); "
-                     f"{fmt(r['speedup_vs_algorithm2']['min'])}x vs Alg.2 loop ({fmt(r['speedup_vs_algorithm2']['median'])})",
-                     r["target"], str(r["target_met"]), fmt(r["samples_per_s"]), _tflops(r)))
-    if "distortion" in results:
-        r = results["distortion"]
-        sp = r["speedup_vs_reference"]
-        acc = r.get("accuracy_vs_full_jacobian", {})
-        prods = r["products_per_sample"]
-        for i, k in enumerate(sp):
-            err = acc.get(k, {}).get("sigma_max_rel_err")
-            rows.append(("distortion" if i == 0 else "", f"{k} ({prods[k]} products): {fmt(sp[k]['min'])}x vs per-column "
-                         f"({fmt(sp[k]['median'])}), sigma err {f'{err:.1e}' if err is not None else '-'}",
-                         r["target"] if k == r["headline_setting"] else "", str(r["target_met"]) if k == r["headline_setting"] else "",
-                         fmt(r["samples"] / r["times"][k]["min_s"], 3), ""))
-        if acc:
-            rows.append(("", f"reference ({prods['reference_per_column']} products) sigma err "
-                         f"{acc['reference_per_column']['sigma_max_rel_err']:.1e}",
-                         "", "", fmt(r["samples"] / r["times"]["reference_per_column"]["min_s"], 3), ""))
-    if "sweep" in results:
-        r = results["sweep"]
-        rows.append(("attack sweep", f"{fmt(r['overhead']['min'])}x bare UNet ({fmt(r['overhead']['median'])}); "
-                     f"{fmt(r['overhead_vs_same_calls']['min'])}x same #calls; rows {r['rows_sweep']}/{r['rows_min']}",
-                     r["target"], str(r["target_met"]), fmt(r["samples_per_s"]), _tflops(r)))
-    if "memory" in results:
-        r = results["memory"]
-        pairs = ", ".join(f"{p['n']}->{p['n4']}: {fmt(p['ratio'])}x ({fmt(p['ratio_above_floor'])}x above floor)"
-                          for p in r["pairs"])
-        rows.append(("memory", pairs, r["target"], str(r["target_met"]), "", ""))
-    if "scaling" in results:
-        r = results["scaling"]
-        per = ", ".join(f"N={n}: {fmt(v * 1000, 0)} ms" for n, v in r["time_per_sample_s"].items())
-        rows.append(("scaling", f"time/N {per}", "linear", str(r["target_met"]),
-                     fmt(1 / list(r["time_per_sample_s"].values())[-1]), ""))
-    if "models" in results:
-        from bench_models import table_rows
+def _met(r: dict) -> str:
+    m = r.get("target_met")
+    return "-" if m is None else ("met" if m else "NOT met")
 
-        rows += table_rows(results["models"])
+
+def _ratio(x: dict) -> str:
+    """A ratio as 'cpu-time min (wall min; wall median)', the first where measured."""
+    if "cpu_min" in x:
+        return f"{fmt(x['cpu_min'])} (wall {fmt(x['min'])}; {fmt(x['median'])})"
+    return f"{fmt(x['min'])} ({fmt(x['median'])})"
+
+
+def rows_influence(r: dict) -> list[tuple]:
+    return [("influence", f"{_ratio(r['fraction_of_limit'])} of the bare passes; "
+             f"{fmt(r['speedup_vs_algorithm2']['min'])}x vs Alg. 2 loop", r["target"], _met(r),
+             fmt(r["samples_per_s"]), _tflops(r))]
+
+
+def rows_distortion(r: dict) -> list[tuple]:
+    rows = []
+    sp, acc, prods = r["speedup_vs_authors"], r.get("accuracy_vs_full_jacobian", {}), r["products_per_sample"]
+    for k in sp:
+        err = acc.get(k, {}).get("sigma_max_rel_err")
+        p = prods[k]
+        count = f"{p['min']}" if p["min"] == p["max"] else f"{p['min']}-{p['max']}, mean {p['mean']:.0f}"
+        head = k == r["default_setting"]
+        rows.append(("distortion" if not rows else "",
+                     f"{k}{' (default)' if head else ''} [{count} products]: {_ratio(sp[k])}x vs authors, "
+                     f"sigma err {f'{err:.1e}' if err is not None else '-'}",
+                     r["target"] if head else "", _met(r) if head else "", fmt(r["samples_per_s"][k], 3), ""))
+    if "authors" in acc:
+        rows.append(("", f"authors' path [{prods['authors']['min']} products] sigma err "
+                     f"{acc['authors']['sigma_max_rel_err']:.1e}", "", "", fmt(r["samples_per_s"]["authors"], 3), ""))
+    p = r.get("default_products_16_samples")
+    if p:
+        rows.append(("", f"default's products per sample over 16 samples: min {p['min']}, median {p['median']:.0f}, "
+                     f"max {p['max']}", "", "", "", ""))
+    return rows
+
+
+def rows_sd(r: dict) -> list[tuple]:
+    if "skipped" in r:
+        return [("SD scale (CPU)", f"skipped: {r['skipped']}", "", "-", "", "")]
+    i, d, g = r["influence"], r["distortion"], r["gpu_projection_4x64x64"]
+    return [("SD scale (CPU)", f"4x32x32: influence {fmt(i['s_per_sample'], 0)} s/sample ({i['products_per_sample']} "
+             f"products, peak {fmt(i['peak_rss_gib'], 1)} GiB); distortion {fmt(d['s_per_sample'], 0)} s/sample "
+             f"({fmt(d['products_per_sample'], 0)} products, peak {fmt(d['peak_rss_gib'], 1)} GiB)", r["target"], _met(r), "", ""),
+            ("", f"GPU projection 4x64x64: influence {fmt(g['influence_s_per_sample'], 3)} s, distortion "
+             f"{fmt(g['distortion_s_per_sample'], 2)} s per sample ({g['assumption']})", "", "", "", "")]
+
+
+def rows_slq(r: dict) -> list[tuple]:
+    return [("SLQ bias", f"{r['summary']}", r["target"], _met(r), "", "")]
+
+
+def rows_sweep(r: dict) -> list[tuple]:
+    return [("attack sweep", f"{fmt(r['overhead']['min'])}x bare UNet ({fmt(r['overhead']['median'])}); "
+             f"{fmt(r['overhead_vs_same_calls']['min'])}x same #calls; rows {r['rows_sweep']}/{r['rows_min']}",
+             r["target"], _met(r), fmt(r["samples_per_s"]), _tflops(r))]
+
+
+def rows_memory(r: dict) -> list[tuple]:
+    pairs = ", ".join(f"{p['n']}->{p['n4']}: {fmt(p['ratio'])}x ({fmt(p['ratio_above_floor'])}x above floor)"
+                      for p in r["pairs"])
+    return [("memory", pairs, r["target"], _met(r), "", "")]
+
+
+def rows_scaling(r: dict) -> list[tuple]:
+    per = ", ".join(f"N={n}: {fmt(v * 1000, 0)} ms" for n, v in r["time_per_sample_s"].items())
+    return [("scaling", f"time/N {per}", "linear", _met(r), fmt(1 / list(r["time_per_sample_s"].values())[-1]), "")]
+
+
+# The table: one entry per result, in order; each gives that result's rows (goal, figure,
+# target, met, samples/s, TFLOP/s). A new benchmark adds its result name and row function here.
+def rows_models(r: dict) -> list[tuple]:
+    from bench_models import table_rows
+
+    return table_rows(r)
+
+
+ROWS = [("influence", rows_influence), ("distortion", rows_distortion), ("sd", rows_sd), ("slq", rows_slq),
+        ("sweep", rows_sweep), ("memory", rows_memory), ("scaling", rows_scaling), ("models", rows_models)]
+
+
+def table(results: dict) -> str:
+    rows = [("goal", "figure (CPU-time min; wall min; median)", "target", "met", "samples/s", "TFLOP/s")]
+    for name, make in ROWS:
+        if name in results:
+            r = results[name]
+            rows.extend([(name, f"ERROR {r['error']}", r["target"], _met(r), "", "")] if "error" in r else make(r))
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def goals(results: dict) -> str:
+    """One line per goal: its target and whether this run met it."""
+    out = []
+    for name, _ in ROWS:
+        r = results.get(name)
+        if r is not None and "target" in r:
+            out.append(f"{name}: {r['target']}: {_met(r)}")
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
@@ -163,27 +224,41 @@ def main(argv=None) -> int:
     from bench_audit import bench_audit
     from bench_geometry import bench_distortion, bench_influence
     from bench_models import bench_families
+    from bench_sd import bench_sd
+    from bench_slq import bench_slq_row
     from bench_sweep import bench_sweep
 
     info = machine_info(a.device, threads)
     info.update(quick=a.quick, size=size)
     results: dict = {}
+    results_time: dict = {}
     t_start = time.perf_counter()
     steps = {"influence": lambda: bench_influence(a.device, size, a.quick),
              "distortion": lambda: bench_distortion(a.device, size, a.quick),
+             "sd": lambda: bench_sd(threads, skip="--quick (minutes per sample at SD size on a CPU)" if a.quick
+                                    else "--device cuda runs the other rows at SD size" if gpu else None),
+             "slq": lambda: bench_slq_row(a.quick),
              "sweep": lambda: bench_sweep(a.device, size, a.quick),
              "models": lambda: bench_families(a.device, a.quick)}
     for name in only:
         t0 = time.perf_counter()
-        if name == "audit":
-            results["memory"], results["scaling"] = bench_audit(a.quick, threads)
-        else:
-            if gpu:
-                torch.cuda.reset_peak_memory_stats()
-            results[name] = steps[name]()
-        print(f"[{name}] {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        try:
+            if name == "audit":
+                results["memory"], results["scaling"] = bench_audit(a.quick, threads)
+            else:
+                if gpu:
+                    torch.cuda.reset_peak_memory_stats()
+                results[name] = steps[name]()
+        except Exception as e:  # one failing benchmark must not hide the others' figures
+            failed = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+                      "target": "runs", "target_met": False}
+            for key in (("memory", "scaling") if name == "audit" else (name,)):
+                results[key] = failed
+        results_time[name] = time.perf_counter() - t0
+        print(f"[{name}] {results_time[name]:.0f} s", file=sys.stderr, flush=True)
     add_peak_fractions(results, info)
     info["wall_s"] = time.perf_counter() - t_start
+    info["bench_wall_s"] = results_time
     info["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     info["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -194,6 +269,7 @@ def main(argv=None) -> int:
     path = out / f"{kind}-{stamp}{('-' + a.tag) if a.tag else ''}{'-quick' if a.quick else ''}.json"
     path.write_text(json.dumps({"machine": info, "results": results}, indent=1))
     print(table(results))
+    print("\n" + goals(results))
     print(f"\n{info.get('gpu') or info['cpu_model']}, {threads} torch thread(s), torch {info['torch']}, "
           f"diffusers {info['diffusers']}; load average {fmt(info['load_average_start'][0]) if info['load_average_start'] else '-'}"
           f" at start; {info['wall_s']:.0f} s in all")
