@@ -117,6 +117,8 @@ def audit(
                                 "(otherwise refused); every conversion is counted in results.json."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     no_progress: bool = typer.Option(False, "--no-progress"),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", help="LoRA safetensors PATH[:SCALE] applied to the model "
+                                             "(repeatable; diffusers or kohya format; needs the 'lora' extra)."),
 ):
     """Audit a model on a member and a held-out split; resumable (rerun the same command)."""
     from .audit import SampleSet, load_config, model_folder_hash, run_audit
@@ -127,7 +129,10 @@ def audit(
     cfg = load_config(config, cond=cond, seed=seed)
     m_split, h_split = load_split_pair(members, holdout, root=data_root)
     with process_group(device) as pg, _progress_bars(not no_progress):
-        lm = LatentDiffusion.from_pretrained(model, device=pg.device, dtype=dtype)
+        from .models.lora import parse_lora_arg
+
+        lm = LatentDiffusion.from_pretrained(model, device=pg.device, dtype=dtype,
+                                             lora=[parse_lora_arg(a) for a in lora or ()])
         samples = SampleSet.from_splits(m_split, h_split, image_shape=lm.image_shape, cond=cfg.cond,
                                         conditioning=lm.conditioning, resize=resize)
         split_info = {"members": {"path": str(members), "sha256": m_split.digest(), "n": len(m_split)},
