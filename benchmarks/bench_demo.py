@@ -1,0 +1,72 @@
+"""Wall time of what a newcomer waits for: `diffaudit demo` end to end, and the README's test commands.
+
+    python benchmarks/bench_demo.py [--demo] [--tests] [--slow-tests]
+
+Each runs as a fresh subprocess with one torch thread (`OMP_NUM_THREADS=1`, as the README says):
+`diffaudit demo --out TMP --no-progress` (the shipped digits model, so the audit is the wait),
+`python -m pytest` (slow tests deselected) and `python -m pytest -m slow`. Reported per command:
+wall seconds, the children's CPU seconds (≈ wall on idle cores: the gap is other work on the
+machine), the load average before and after, and whether the target is met (demo ≤ 240 s,
+default tests ≤ 180 s, both on 2 idle cores). Writes benchmarks/results/times-<utc>.json.
+These are absolute times, so read them beside the load average; they are not ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS_S = {"demo": 240.0, "tests": 180.0, "slow_tests": None}
+
+
+def timed(cmd: list[str], cwd: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load0 = list(os.getloadavg())
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"command": " ".join(cmd), "returncode": proc.returncode, "wall_s": wall, "cpu_s": cpu,
+            "load_average": [load0, list(os.getloadavg())], "tail": proc.stdout[-600:] + proc.stderr[-600:]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--demo", action="store_true")
+    ap.add_argument("--tests", action="store_true")
+    ap.add_argument("--slow-tests", action="store_true")
+    args = ap.parse_args()
+    chosen = [k for k in ("demo", "tests", "slow_tests") if getattr(args, k)] or ["demo", "tests"]
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cmds = {"demo": (["diffaudit", "demo", "--out", str(Path(tmp) / "demo"), "--no-progress"], Path(tmp)),
+                "tests": ([sys.executable, "-m", "pytest", "-p", "no:cacheprovider"], ROOT),
+                "slow_tests": ([sys.executable, "-m", "pytest", "-m", "slow", "-p", "no:cacheprovider"], ROOT)}
+        for name in chosen:
+            r = timed(*cmds[name])
+            target = TARGETS_S[name]
+            r["target_s"] = target
+            r["met"] = None if target is None else (r["returncode"] in (0, 5) and r["wall_s"] <= target)
+            rows[name] = r
+            print(f"{name:10s} wall {r['wall_s']:6.1f} s  cpu {r['cpu_s']:6.1f} s  target "
+                  f"{'-' if target is None else f'{target:.0f} s'}  met {r['met']}  rc {r['returncode']}  "
+                  f"load {r['load_average'][0][0]:.1f}->{r['load_average'][1][0]:.1f}", flush=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = ROOT / "benchmarks" / "results" / f"times-{stamp}.json"
+    out.write_text(json.dumps({"cpu_count": os.cpu_count(), "rows": rows}, indent=1))
+    print("wrote", out)
+    return 0 if all(r["returncode"] in (0, 5) for r in rows.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
