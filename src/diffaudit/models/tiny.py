@@ -29,7 +29,7 @@ def tiny_autoencoder_kl(in_channels: int = 3, latent_channels: int = 4, block_ou
     """AutoencoderKL with len(block_out_channels)-1 downsamplings (default 16² → 8²).
 
     `attention=True` keeps the mid-block attention of real SD VAEs (the hard case for
-    forward-mode JVP, SPEC §3); pass False for a purely convolutional decoder.
+    forward-mode JVP, docs/method.md); pass False for a purely convolutional decoder.
     """
     from diffusers import AutoencoderKL
 
@@ -97,7 +97,7 @@ def tiny_unet2d_condition(in_channels: int = 4, sample_size: int = 8, block_out_
 
 
 def tiny_scheduler(prediction_type: str = "epsilon", num_train_timesteps: int = 1000):
-    """DDPM linear β in [1e-4, 2e-2] (SPEC §0)."""
+    """DDPM linear β in [1e-4, 2e-2] (arXiv 2511.20592 App. H)."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear",
@@ -105,7 +105,7 @@ def tiny_scheduler(prediction_type: str = "epsilon", num_train_timesteps: int = 
                          clip_sample=False, steps_offset=1)  # what SD pipelines expect; avoids their warnings
 
 
-# -- a CLIP tokenizer written offline (SPEC §9) --
+# -- a CLIP tokenizer written offline (docs/method.md, pitfalls) --
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte → printable-unicode table."""
