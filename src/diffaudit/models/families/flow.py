@@ -91,3 +91,19 @@ class FlowMatchingModel(LatentDiffusion):
                              cfg.get("max_image_seq_len", 4096),
                              cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.16))
         return {"num_inference_steps": steps, "mu": mu}
+
+
+class PooledTextCondition:
+    """Captions packed as [sequence embeddings, pooled projection] in one tensor (SD3, FLUX): the
+    split and the shape check their adapters share."""
+
+    def _split(self, cond):
+        from ..text import unpack
+
+        cfg = self.denoiser.config
+        return unpack(cond, [(int(cfg["pooled_projection_dim"]),)], (int(cfg["joint_attention_dim"]),))
+
+    def _check_embedding(self, cond, n: int) -> None:
+        self._split(cond)
+        if cond.shape[0] != n:
+            raise InputError(f"the condition has {cond.shape[0]} rows for {n} latents")

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import InputError, ModelError
-from ..text import encode_prompt, pack, unpack
-from .flow import FlowMatchingModel
+from ...errors import ModelError
+from ..text import encode_prompt, pack
+from .flow import FlowMatchingModel, PooledTextCondition
 
 
-class FluxModel(FlowMatchingModel):
+class FluxModel(PooledTextCondition, FlowMatchingModel):
     family = "flux"
     pipeline_class = "FluxPipeline"
     guidance = 3.5  # FluxPipeline.__call__'s default guidance_scale
@@ -43,15 +43,6 @@ class FluxModel(FlowMatchingModel):
         embeds, pooled, _text_ids = encode_prompt(self.text_pipeline, prompt=list(captions), prompt_2=None,
                                                   device=self.device, num_images_per_prompt=1)
         return pack([embeds, pooled])
-
-    def _split(self, cond):
-        cfg = self.denoiser.config
-        return unpack(cond, [(int(cfg["pooled_projection_dim"]),)], (int(cfg["joint_attention_dim"]),))
-
-    def _check_embedding(self, cond, n: int) -> None:
-        self._split(cond)
-        if cond.shape[0] != n:
-            raise InputError(f"the condition has {cond.shape[0]} rows for {n} latents")
 
     def _sampling_kwargs(self, steps: int) -> dict:
         """As `FluxPipeline.__call__`: σ = linspace(1, 1/steps) (unless `use_flow_sigmas`), μ from the

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import InputError
-from ..text import encode_prompt, pack, unpack
-from .flow import FlowMatchingModel
+from ..text import encode_prompt, pack
+from .flow import FlowMatchingModel, PooledTextCondition
 
 
-class SD3Model(FlowMatchingModel):
+class SD3Model(PooledTextCondition, FlowMatchingModel):
     family = "sd3"
     pipeline_class = "StableDiffusion3Pipeline"
 
@@ -35,15 +34,6 @@ class SD3Model(FlowMatchingModel):
 
     def _null_caption_cond(self, n: int):
         return self._prompts([""] * n, negative=True)
-
-    def _split(self, cond):
-        cfg = self.denoiser.config
-        return unpack(cond, [(int(cfg["pooled_projection_dim"]),)], (int(cfg["joint_attention_dim"]),))
-
-    def _check_embedding(self, cond, n: int) -> None:
-        self._split(cond)
-        if cond.shape[0] != n:
-            raise InputError(f"the condition has {cond.shape[0]} rows for {n} latents")
 
     def _velocity(self, x_sigma, sigma, cond):
         embeds, pooled = (c.to(self.device, self.dtype) for c in self._split(cond))
