@@ -25,6 +25,8 @@ shift shared by every key).
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Callable, Sequence
 
 import torch
@@ -132,7 +134,9 @@ def gsa_features(model, z: torch.Tensor, t=None, cond=None, *, sample_ids: Seque
         x, tr, e = z_t.unsqueeze(1), tt.repeat(n).unsqueeze(1), eps.flatten(0, 1).unsqueeze(1)
         c = None if cond is None else cond.repeat_interleave(k, 0).unsqueeze(1)
         in_dims = (None, 0, 0, 0, None if cond is None else 0)
-    grads = vmap(grad(loss), in_dims=in_dims, chunk_size=chunk_size)(params, x, tr, e, c)
+    with warnings.catch_warnings():  # torch's note that CPU flash attention has no batching rule: speed only
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+        grads = vmap(grad(loss), in_dims=in_dims, chunk_size=chunk_size)(params, x, tr, e, c)
     feats = torch.stack([grads[name].flatten(1).norm(dim=1) for name in names], 1)  # [rows, L]
     if method == 2:
         feats = feats.unflatten(0, (n, k)).mean(1)
