@@ -28,9 +28,10 @@ class AuditConfig:
     n_probes: int = 8  # Hutchinson probes for influence
     svd_rank: int = 20
     svd_method: str = "fd"  # J·v by central differences ("fd") or forward mode ("jvp")
-    svd_algorithm: str = "block_krylov"  # or "subspace": the paper's Algorithm 1
-    svd_power_iters: int | None = None  # None: 10 (block_krylov) / 2 (subspace)
-    svd_block_size: int | None = None  # block_krylov's block (None: 10)
+    svd_algorithm: str = "gkl"  # Golub–Kahan–Lanczos (measured fastest, benchmarks/README.md); "block_krylov";
+    #                             "subspace": the paper's Algorithm 1
+    svd_power_iters: int | None = None  # None: the algorithm's default (gkl 9, block_krylov 10, subspace 2)
+    svd_block_size: int | None = None  # None: the algorithm's default (gkl 1, block_krylov 10)
     svd_oversample: int = 30  # subspace only: ℓ = rank + oversample columns
     distortion_estimator: str = "topk"
     hf_filter: bool = True  # App. F high-frequency-filter variant of Loss and PIA
