@@ -59,9 +59,9 @@ def ratio(times: dict, num: str, den: str) -> dict:
 
 def judged(r: dict, device) -> float:
     """The ratio a CPU target is judged on: from the medians of the interleaved runs' CPU times
-    (1-thread runs on a shared machine: a minimum is one lucky run, and in the baseline that
-    moved the influence ratio between 0.80 and 1.02 over five runs while the medians stayed
-    within 0.86-1.07); else from wall-clock minima (GPU: the device's time is what counts)."""
+    (1-thread runs on a shared machine: CPU time leaves out the waits for a core, and a median
+    is not set by one lucky run of the baseline); else from wall-clock minima (GPU: the
+    device's time is what counts)."""
     if torch.device(device).type == "cpu" and "cpu_median" in r:
         return r["cpu_median"]
     return r["min"]
