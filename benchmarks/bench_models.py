@@ -53,7 +53,7 @@ def sd_layout_vae(width_div: int = 8, latent_hw: int = 8, seed: int = 0):
 
 
 def decoder_fn(vae):
-    """x = D(z / s): the decoder of a scaled latent, as the audit differentiates it (SPEC §3)."""
+    """x = D(z / s): the decoder of a scaled latent, as the audit differentiates it (docs/method.md)."""
     def decode(z):
         return vae.decode(z / vae.config.scaling_factor).sample
     return decode
