@@ -43,11 +43,11 @@ def test_pixel_model_filter_and_strata_findings_are_not_applicable(tmp_path):
     # The data owner's curve is the dataset test on the audit's own statistics (members vs held-out).
     from diffaudit.analysis.dataset_inference import detection_curve
     from diffaudit.audit.dataset_test import audit_features
-    from diffaudit.audit.run import gather  # noqa: F401  (the arrays come back from the store below)
 
     o = r["owner_detection"]
     assert o["sizes"][-1] == 48 and o["n_reference"] == 48 and all(0 <= p <= 1 for p in o["power"])
-    arrays = {"member": res.samples["member"], **{k: v for k, v in _stored(tmp_path / "out").items()}}
+    arrays = {"member": res.samples["member"], **_stored(tmp_path / "out")}
+    assert any(k.startswith("stats__") for k in arrays)  # the store was read (else the check is empty)
     F, _ = audit_features(arrays, from_dict(SMALL), masks=("none",))
     ref = detection_curve(F[arrays["member"]], F[~arrays["member"]], alpha=0.01, seed=0, repeats=20).to_dict()
     assert ref["power"] == o["power"] and ref["sizes"] == o["sizes"]

@@ -30,14 +30,22 @@ def pia(model, z: torch.Tensor, t, cond=None, eps0: torch.Tensor | None = None) 
     return eps0 - model_eps(model, s.noisy(z, tt, eps0.to(z.dtype)), tt, cond)
 
 
-def pia_job(ctx, ts):
-    """The shared ε̂(z, 0), then one model row per sample and t."""
-    def one(t):
-        eps0 = yield eps0_request(ctx)
-        tt = ctx.full(t)
-        e = yield Request(ctx.sched.noisy(ctx.z, tt, eps0), tt)
-        yield Emit("pia", t, eps0 - e)
-    return (one(t) for t in ts)
+def proximal_job(name: str, transform=None):
+    """Sweep job of a proximal-initialisation attack: the shared ε̂(z, 0) (optionally transformed,
+    e.g. PIA-N's normalisation), then one model row per sample and t."""
+    def job(ctx, ts):
+        def one(t):
+            eps0 = yield eps0_request(ctx)
+            if transform is not None:
+                eps0 = transform(eps0)
+            tt = ctx.full(t)
+            e = yield Request(ctx.sched.noisy(ctx.z, tt, eps0), tt)
+            yield Emit(name, t, eps0 - e)
+        return (one(t) for t in ts)
+    return job
+
+
+pia_job = proximal_job("pia")
 
 
 register_attack(

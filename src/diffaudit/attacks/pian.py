@@ -16,7 +16,7 @@ from .._checks import check_batched
 from ..errors import InputError, NonFiniteError
 from .base import register_attack
 from .common import model_eps, prepare, residual_x0
-from .jobs import Emit, Request, eps0_request
+from .pia import proximal_job
 
 __all__ = ["pian", "normalized_eps0"]
 
@@ -50,14 +50,8 @@ def pian(model, z: torch.Tensor, t, cond=None, eps0: torch.Tensor | None = None)
     return e - model_eps(model, s.noisy(z, tt, e), tt, cond)
 
 
-def pian_job(ctx, ts):
-    """The shared raw ε̂(z, 0) (one call for PIA, PIA-N, SimA and SecMI), then one row per sample and t."""
-    def one(t):
-        e = normalized_eps0((yield eps0_request(ctx)))
-        tt = ctx.full(t)
-        out = yield Request(ctx.sched.noisy(ctx.z, tt, e), tt)
-        yield Emit("pian", t, e - out)
-    return (one(t) for t in ts)
+# The shared raw ε̂(z, 0) (one call for PIA, PIA-N, SimA and SecMI), normalised, then one row per sample and t.
+pian_job = proximal_job("pian", normalized_eps0)
 
 
 register_attack(

@@ -124,7 +124,8 @@ def summarise_attack(stats: np.ndarray, member: np.ndarray, grid: list[int], col
         d = {}
         for m in METRICS:
             d[m] = float(point[m][idx(a, m)].mean() - point[m][idx(b, m)].mean())
-            d[m + "_ci"] = interval(boot[m][:, idx(a, m)].mean(1) - boot[m][:, idx(b, m)].mean(1))
+            if not (m == "auc" and protocol == "calibrated"):  # the calibrated AUC CI is DeLong's, below
+                d[m + "_ci"] = interval(boot[m][:, idx(a, m)].mean(1) - boot[m][:, idx(b, m)].mean(1))
         if protocol == "calibrated":  # the verdicts' test: DeLong on the evaluation fold
             ia, ib = idx(a, "auc"), idx(b, "auc")
             w = np.zeros(C.shape[1])
