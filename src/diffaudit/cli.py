@@ -140,7 +140,7 @@ def audit(
         info = {"path": str(model), "sha256": model_folder_hash(model, lora=getattr(lm, "loras", None) or ())}
         result = run_audit(lm, samples, cfg, out_dir=out, model_info=info, split_info=split_info, overwrite=overwrite,
                            progress=not no_progress and pg.is_main, rank=pg.rank, world_size=pg.world_size,
-                           barrier=pg.barrier)
+                           barrier=pg.barrier, log=echo)
     if result is not None:
         _show_results(result.results, out / "report.html")
 

@@ -24,7 +24,7 @@ __all__ = ["AuditConfig", "AuditResult", "SampleSet", "compute_results", "load_c
 
 _GEOMETRY_FIELDS = ("n_probes", "svd_rank", "svd_oversample", "svd_power_iters", "svd_method", "svd_algorithm",
                     "svd_block_size",
-                    "distortion_estimator", "chunk_size", "seed")
+                    "distortion_estimator", "distortion_samples", "chunk_size", "seed")
 
 
 @dataclass
@@ -37,11 +37,12 @@ class AuditResult:
 def run_audit(model, samples: SampleSet, config: AuditConfig | None = None, out_dir: str | Path | None = None,
               model_info: dict | None = None, split_info: dict | None = None, overwrite: bool = False,
               progress: bool = True, rank: int = 0, world_size: int = 1, barrier=None,
-              write_report: bool = True) -> AuditResult | None:
+              write_report: bool = True, log=None) -> AuditResult | None:
     """Audit `model` on members vs held-out. Resumable: rerunning with the same out_dir continues.
 
     With several processes (rank/world_size), each computes its share of chunks; after `barrier()`
     the main process (rank 0) gathers, computes metrics and writes the report; others return None.
+    `log(line)`, if given, receives the cost estimate before the pass starts (`audit.cost`).
     """
     config = config or AuditConfig()
     if samples.member.all() or (~samples.member).all():
@@ -68,6 +69,12 @@ def run_audit(model, samples: SampleSet, config: AuditConfig | None = None, out_
     if rank != 0:
         geo_store = ChunkStore(out / "cache" / "geometry", geo_manifest)
         att_store = ChunkStore(out / "cache" / "attacks", att_manifest)
+    from .attack_pass import skipped_attacks
+    from .cost import cost_line, estimate_cost
+
+    cost = estimate_cost(config, len(samples), [a for a in config.attacks if a not in skipped_attacks(model, samples, config)])
+    if log is not None and rank == 0:
+        log(cost_line(cost))
     timing = run_pass(model, samples, config, geo_store, att_store, rank=rank, world_size=world_size, progress=progress)
     if barrier is not None:
         barrier()
@@ -77,6 +84,7 @@ def run_audit(model, samples: SampleSet, config: AuditConfig | None = None, out_
     results, table = compute_results(arrays, samples, config, model, model_info, split_info)
     results["model"].update(_provenance(model, samples, config, model_info, weights))
     results["data_conversions"] = dict(samples.conversions)
+    results["cost_estimate"] = cost
     results["timing"] = {"encode_s": timing.encode_s, "geometry_s": timing.geometry_s,
                          "attacks_s": timing.attacks_s, "total_s": time.perf_counter() - t0,
                          "note": "this process's compute in this invocation (chunks reused from the store cost nothing)"}

@@ -128,6 +128,6 @@ def run_demo(out_dir: str | Path = "diffaudit-report", data: str = "digits", see
     if bundle is not None:
         model_info["bundled"] = bundle.name
     result = run_audit(model, samples, config, out_dir=out, model_info=model_info, split_info=split_info,
-                       overwrite=overwrite, progress=progress)
+                       overwrite=overwrite, progress=progress, log=log)
     result.results["timing"]["demo_total_s"] = time.perf_counter() - t0
     return result

@@ -34,6 +34,7 @@ class AuditConfig:
     svd_block_size: int | None = None  # None: the algorithm's default (gkl 1, block_krylov 10)
     svd_oversample: int = 30  # subspace only: ℓ = rank + oversample columns
     distortion_estimator: str = "topk"
+    distortion_samples: int = 0  # distortion (and its strata) on a membership-stratified subset of this many (0: all)
     hf_filter: bool = True  # App. F high-frequency-filter variant of Loss and PIA
     hf_timesteps: tuple[int, ...] = (50, 100, 150, 200, 250)
     hf_scale: float = 0.0  # β above the radius (0 removes the high band)
@@ -113,6 +114,8 @@ def _validate(c: AuditConfig) -> None:
     for name, known in (("svd_method", svd.METHODS), ("svd_algorithm", svd.ALGORITHMS)):
         if getattr(c, name) not in known:
             raise ConfigError(f"{name} must be one of {', '.join(known)}; got {getattr(c, name)!r}")
+    if isinstance(c.distortion_samples, bool) or c.distortion_samples < 0:
+        raise ConfigError(f"distortion_samples must be an integer >= 0 (0: every sample), got {c.distortion_samples!r}")
     if c.svd_oversample < 0:
         raise ConfigError(f"svd_oversample must be >= 0, got {c.svd_oversample}")
     for name, low in (("svd_power_iters", 0), ("svd_block_size", 1)):

@@ -45,12 +45,18 @@ def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model
                          degenerate=degenerate_geometry(arrays["influence"], kind))
 
     dist = arrays["distortion"]
+    has_d = np.isfinite(dist)  # the distortion subset (config.distortion_samples); all samples by default
+    subset = distortion_subset_note(has_d, member)
+    if subset is not None:
+        warnings.append(subset["note"])
     strata = {}
     for a in with_stats:
         S = -arrays[f"stats__{a}"][:, :, 0].T  # unfiltered scores [T, N]
-        strata[a] = distortion_strata_over_t(S[:, member], S[:, ~member], dist[member], dist[~member],
+        m, h = member & has_d, ~member & has_d
+        strata[a] = distortion_strata_over_t(S[:, m], S[:, h], dist[m], dist[h],
                                              ts=config.grid(a), n_random=config.strata_random, seed=config.seed)
-    freq = energy_correlation(dist, arrays["lf"], arrays["hf"], n_boot=config.bootstrap, seed=config.seed)
+    freq = energy_correlation(dist[has_d], arrays["lf"][has_d], arrays["hf"][has_d], n_boot=config.bootstrap,
+                              seed=config.seed)
     image_hw = getattr(model, "image_shape", None)
     if image_hw is not None:
         freq["radius"] = int(default_radius(int(image_hw[1]), int(image_hw[2])))
@@ -82,7 +88,8 @@ def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model
     for name, sel in (("members", member), ("heldout_false_positives", ~member)):
         idx = np.flatnonzero(sel)
         for i in idx[np.argsort(-score[idx], kind="stable")][:10]:
-            r = {"id": int(i), "key": samples.keys[i], "score": float(score[i]), "distortion": float(dist[i]),
+            r = {"id": int(i), "key": samples.keys[i], "score": float(score[i]),
+                 "distortion": float(dist[i]) if has_d[i] else None,
                  "score_rank": int((score > score[i]).sum()) + 1}
             if samples.captions is not None:
                 r["caption"] = samples.captions[i]
@@ -101,10 +108,21 @@ def compute_results(arrays: dict, samples: SampleSet, config: AuditConfig, model
         "attacks": attack_notes(config, skipped),
         "masks": [m.name for m in mask_bank(config) if m.draw in (None, 0)],
         "metrics": rows, "protocols": protocols, "k_sweep": sweeps, "roc": rocs,
-        "latent_usage": usage, "strata": strata, "frequency": freq, "hf_filter": hf,
+        "latent_usage": usage, "distortion_subset": subset, "strata": strata, "frequency": freq, "hf_filter": hf,
         "at_risk": at_risk, "findings": findings, "warnings": warnings, "owner_detection": owner,
     }
     return results, table
+
+
+def distortion_subset_note(has_distortion: np.ndarray, member: np.ndarray) -> dict | None:
+    """None when every sample has a distortion, else what the report says about the subset."""
+    if has_distortion.all():
+        return None
+    n_m, n_h = int((has_distortion & member).sum()), int((has_distortion & ~member).sum())
+    return {"n": n_m + n_h, "of": int(len(member)), "members": n_m, "heldout": n_h,
+            "note": (f"distortion was computed on {n_m + n_h} of {len(member)} samples ({n_m} members, {n_h} held-out; "
+                     "config distortion_samples, stratified by membership, picked by keyed draws): the distortion "
+                     "strata, their verdict and the frequency correlation use that subset only")}
 
 
 def _skipped(arrays: dict, samples: SampleSet, config: AuditConfig, model) -> dict[str, str]:

@@ -22,7 +22,7 @@ from ..errors import ConfigError, ModelError
 from ..rng import sample_generator
 from .attack_pass import attack_statistics, in_batches, short_keys, skipped_attacks, unavailable_reason
 from .plan import AuditConfig, MaskId, check_grids, mask_bank
-from .samples import SampleSet, conditioning_used
+from .samples import SampleSet, conditioning_used, stratified_subset
 from .store import ChunkStore
 
 
@@ -72,14 +72,15 @@ class PassTiming:
 def compute_chunk(model, images: torch.Tensor, cond, keys: Sequence[str], config: AuditConfig,
                   geometry_arrays: dict | None = None, timing: PassTiming | None = None,
                   batch_size: int | None = None, on_geometry: Callable[[dict], None] | None = None,
-                  skip: Sequence[str] | None = None) -> tuple[dict, dict]:
+                  skip: Sequence[str] | None = None, distortion_keep: np.ndarray | None = None) -> tuple[dict, dict]:
     """One chunk of samples -> (geometry arrays, attack arrays), both per-sample numpy.
 
     `batch_size` (default `config.batch_size`) bounds the samples per VAE/geometry call; UNet
     calls hold up to 8x as many rows. It changes memory, not results (draws are keyed by sample,
     up to float rounding). `on_geometry(arrays)` is called as soon as the geometry exists.
     `skip`: attacks of the config not to compute (default: those :func:`unavailable_reason`
-    rules out for this chunk's conditioning).
+    rules out for this chunk's conditioning). `distortion_keep` (bool per sample, default all):
+    the samples whose distortion is computed (`distortion_subset`); the others' is NaN.
     """
     timing = timing or PassTiming()
     seed = config.seed
@@ -96,25 +97,31 @@ def compute_chunk(model, images: torch.Tensor, cond, keys: Sequence[str], config
     decode, to_point = _geometry_decoder(model)
     if geometry_arrays is None:
         t0 = time.perf_counter()
-        infl_parts, dist_parts = [], []
+        infl_parts = []
         for s in range(0, len(keys), bs):
             zp = to_point(z[s:s + bs]).detach()
             gens = [sample_generator(seed, k, "influence") for k in keys[s:s + bs]]
             infl_parts.append(geometry.influence(decode, zp, n_probes=config.n_probes, generator=gens).detach())
-            gens = [sample_generator(seed, k, "distortion") for k in keys[s:s + bs]]
-            dist_parts.append(geometry.distortion(
+        infl = torch.cat(infl_parts)
+        # Distortion only where `distortion_keep` says (config.distortion_samples); NaN elsewhere.
+        todo = np.arange(len(keys)) if distortion_keep is None else np.flatnonzero(distortion_keep)
+        dist = torch.full((len(keys),), float("nan"), dtype=torch.float64)
+        for s in range(0, len(todo), bs):
+            rows = todo[s:s + bs]
+            zp = to_point(z[torch.as_tensor(rows, device=z.device)]).detach()
+            gens = [sample_generator(seed, keys[r], "distortion") for r in rows]
+            dist[torch.as_tensor(rows)] = geometry.distortion(
                 decode, zp, rank=config.svd_rank, oversample=config.svd_oversample,
                 power_iters=config.svd_power_iters, method=config.svd_method,
                 algorithm=config.svd_algorithm, block_size=config.svd_block_size,
                 estimator=config.distortion_estimator, generator=gens,
-            ).detach())
-        infl, dist = torch.cat(infl_parts), torch.cat(dist_parts)
+            ).detach().double().cpu()
         from ..analysis.frequency import band_energy
 
         lf, hf = band_energy(images)
         geometry_arrays = {
             "influence": infl.detach().reshape(len(keys), -1).cpu().numpy().astype(np.float32),
-            "distortion": dist.detach().cpu().numpy().astype(np.float64),
+            "distortion": dist.numpy(),
             "lf": np.asarray(lf, dtype=np.float64),
             "hf": np.asarray(hf, dtype=np.float64),
         }
@@ -133,6 +140,12 @@ def compute_chunk(model, images: torch.Tensor, cond, keys: Sequence[str], config
     return geometry_arrays, out
 
 
+def distortion_subset(samples: SampleSet, config: AuditConfig) -> np.ndarray:
+    """bool [N]: the samples whose distortion the audit computes (all, or `config.distortion_samples`
+    of them, stratified by membership; docs/contracts.md)."""
+    return stratified_subset(samples.keys, samples.member, config.distortion_samples, config.seed, "distortion-subset")
+
+
 def run_pass(model, samples: SampleSet, config: AuditConfig, geometry_store: ChunkStore,
              attack_store: ChunkStore, rank: int = 0, world_size: int = 1, progress: bool = True) -> PassTiming:
     """Compute every chunk this process owns that the stores do not already hold."""
@@ -144,6 +157,7 @@ def run_pass(model, samples: SampleSet, config: AuditConfig, geometry_store: Chu
         raise ConfigError("no attack of the config can run here: " + "; ".join(f"{a}: {r}" for a, r in skip.items()))
     check_grids(config, len(model.alphas_cumprod), [a for a in config.attacks if a not in skip])
     ranges = chunk_ranges(len(samples), config.chunk_size)
+    keep = distortion_subset(samples, config)
     mine = [i for i in range(len(ranges)) if i % world_size == rank]
     bar = tqdm(mine, desc="audit", unit="chunk", disable=not progress, leave=False)
     work_batch = config.batch_size  # halved on out-of-memory, kept for the chunks that follow
@@ -166,7 +180,7 @@ def run_pass(model, samples: SampleSet, config: AuditConfig, geometry_store: Chu
             oom = False
             try:
                 got = compute_chunk(model, images, cond, keys, config, geo_arrays, timing, batch_size=work_batch,
-                                    on_geometry=keep_geometry, skip=list(skip))
+                                    on_geometry=keep_geometry, skip=list(skip), distortion_keep=keep[s:e])
             except Exception as err:
                 if not is_out_of_memory(err):
                     raise

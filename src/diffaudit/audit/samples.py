@@ -130,6 +130,26 @@ def content_hash(samples: SampleSet, batch: int = 256) -> str:
     return h.hexdigest()
 
 
+def stratified_subset(keys: Sequence[str], member: np.ndarray, n: int, seed: int, purpose: str) -> np.ndarray:
+    """bool [N]: `n` samples (0 or ≥ N: all), members and held-out in proportion to their counts
+    (each class at least one), each class's picked by the smallest keyed draws (`diffaudit.rng`):
+    the subset depends on the keys, the seed and the purpose only, never on order or chunking."""
+    from ..rng import derive_seed
+
+    member = np.asarray(member, dtype=bool)
+    N = len(keys)
+    if n <= 0 or n >= N:
+        return np.ones(N, dtype=bool)
+    u = np.array([derive_seed(seed, k, purpose) for k in keys], dtype=np.float64)
+    keep = np.zeros(N, dtype=bool)
+    n_m = int(round(n * member.sum() / N))
+    n_m = min(max(n_m, 1), n - 1)
+    for cls, want in ((True, n_m), (False, n - n_m)):
+        idx = np.flatnonzero(member == cls)
+        keep[idx[np.argsort(u[idx], kind="stable")[:want]]] = True
+    return keep
+
+
 def cond_kind(cond) -> str | None:
     """What a batch of conditions is: "caption", "label", "embedding", or None (unconditional)."""
     if cond is None:

@@ -44,7 +44,9 @@ def audit_findings(arrays: dict, config: AuditConfig, protocols: dict, calibrati
         t = cal_rows[best]["t"]["unfiltered"]["auc"]
         scores = -arrays[f"stats__{best}"][:, config.grid(best).index(t), 0]
         pixel = "pixel-space model: the decoder is the identity, so every sample has the same distortion (0)"
-        findings.append(strata_finding(scores, member, calibration[1], arrays["distortion"], best, t, frac,
+        d = arrays["distortion"]
+        sub = np.isfinite(d)  # the distortion subset (config.distortion_samples): strata on it alone
+        findings.append(strata_finding(scores[sub], member[sub], calibration[1][sub], d[sub], best, t, frac,
                                        not_applicable=pixel if kind == "pixel" else None))
     f = frequency_finding(freq) if freq is not None else None
     if f:

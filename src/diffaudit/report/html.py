@@ -283,6 +283,8 @@ def _extras(results: Mapping) -> str:
                    "finds this lowers AUC for latent diffusion models.</p><table><tr><th>attack</th><th>t</th>"
                    "<th>AUC plain</th><th>AUC high-freq filtered</th><th>difference (95% CI)</th></tr>" + rows + "</table>")
     notes = [f"{attack_name(a)}: {n}" for a, s in (results.get("strata") or {}).items() for n in s.get("notes", [])]
+    if results.get("distortion_subset"):
+        notes.insert(0, results["distortion_subset"]["note"])
     if notes:
         out.append("<p class='muted'>Distortion strata notes: " + "; ".join(e(n) for n in notes) + "</p>")
     return "".join(out)
