@@ -316,3 +316,41 @@ def test_non_finite_decoder_names_the_samples(dec, z):
 def test_bad_inputs_raise_input_error(dec, z, call, message):
     with pytest.raises(InputError, match=message):
         call(dec, z)
+
+
+def test_output_shape_is_measured_once_per_decoder_and_latent_shape():
+    import gc
+
+    from diffaudit.geometry._linearize import _SHAPES, output_shape
+
+    class Dec(torch.nn.Module):
+        calls = 0
+
+        def forward(self, z):
+            Dec.calls += 1
+            return torch.cat([z, z], dim=1)
+
+        def decode(self, z):
+            return self(z)
+
+    dec = Dec()
+    z = torch.randn(3, 2, 4, 4)
+    assert output_shape(dec.decode, z) == (4, 4, 4) and output_shape(dec.decode, z) == (4, 4, 4)
+    assert Dec.calls == 1  # the bound method is remembered on its module
+    assert output_shape(dec.decode, torch.randn(2, 2, 3, 3)) == (4, 3, 3) and Dec.calls == 2
+    assert output_shape(dec.decode, z.double()) == (4, 4, 4) and Dec.calls == 3
+    other = Dec()
+    output_shape(other.decode, z)
+    assert Dec.calls == 4  # another decoder is measured anew
+    n = len(_SHAPES)
+    del other
+    gc.collect()
+    assert len(_SHAPES) == n - 1  # the cache does not keep a decoder alive
+    # Influence and distortion of a chunk make no batch-1 shape forward once the shape is known.
+    from diffaudit import geometry as geo
+
+    sizes = []
+    dec.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    geo.influence(dec.decode, z, n_probes=2)
+    geo.distortion(dec.decode, z, rank=2)
+    assert sizes and 1 not in sizes

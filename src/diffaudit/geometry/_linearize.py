@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 
 import torch
 
@@ -56,11 +57,29 @@ def call_decoder(decode, z: torch.Tensor, samples: list[int], what: str = "decod
     return check_items(x, samples, what)
 
 
+# Output shapes already measured, per decoder (weakly held: a cache entry dies with its decoder).
+_SHAPES: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
 def output_shape(decode, z: torch.Tensor) -> tuple[int, ...]:
-    """Per-sample output shape of decode, from one sample without a graph."""
-    with torch.no_grad():
-        x = call_decoder(decode, z[:1].detach(), [0])
-    return tuple(x.shape[1:])
+    """Per-sample output shape of decode, from one sample without a graph.
+
+    Remembered per decoder and latent shape, dtype and device: every chunk of an audit calls
+    influence and distortion, and at Stable Diffusion size this batch-1 forward was ~10% of
+    one sample's influence (benchmarks/README.md). A bound method is remembered on its object.
+    """
+    owner, func = (decode.__self__, decode.__func__) if hasattr(decode, "__func__") and \
+        getattr(decode, "__self__", None) is not None else (decode, None)
+    key = (func, tuple(z.shape[1:]), z.dtype, z.device)
+    try:
+        cache = _SHAPES.setdefault(owner, {})
+    except TypeError:  # not weakly referenceable or unhashable: measure every time
+        cache = {}
+    if key not in cache:
+        with torch.no_grad():
+            x = call_decoder(decode, z[:1].detach(), [0])
+        cache[key] = tuple(x.shape[1:])
+    return cache[key]
 
 
 def resolve_vjp_mode(mode: str, device: torch.device) -> str:
