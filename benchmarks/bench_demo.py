@@ -37,7 +37,36 @@ def timed(cmd: list[str], cwd: Path) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"command": " ".join(cmd), "returncode": proc.returncode, "wall_s": wall, "cpu_s": cpu,
-            "load_average": [load0, list(os.getloadavg())], "tail": proc.stdout[-600:] + proc.stderr[-600:]}
+            "load_average": [load0, list(os.getloadavg())], "tail": proc.stdout[-1500:] + proc.stderr[-600:]}
+
+
+def slowest_test_s(output: str) -> float | None:
+    """The longest single-test duration in pytest's `--durations` listing, None if absent."""
+    import re
+
+    got = [float(m.group(1)) for m in re.finditer(r"^\s*(\d+(?:\.\d+)?)s (?:call|setup|teardown)\s", output, re.M)]
+    return max(got) if got else None
+
+
+def bench_row(name: str, quick: bool) -> dict:
+    """The demo or the default tests as one row of benchmarks/run.py (full mode only: minutes)."""
+    if quick:
+        return {"skipped": "not in --quick (minutes of wall time): run without --quick, or benchmarks/bench_demo.py",
+                "target": f"wall <= {TARGETS_S[name]:.0f} s on 2 idle cores", "target_met": None}
+    with tempfile.TemporaryDirectory() as tmp:
+        if name == "demo":
+            r = timed(["diffaudit", "demo", "--out", str(Path(tmp) / "demo"), "--no-progress"], Path(tmp))
+        else:
+            r = timed([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--durations=3"], ROOT)
+            r["slowest_test_s"] = slowest_test_s(r["tail"])
+    ok = r["returncode"] in (0, 5) and r["wall_s"] <= TARGETS_S[name]
+    if name == "tests":
+        r["target"] = f"wall <= {TARGETS_S[name]:.0f} s on 2 idle cores, no test over 60 s"
+        ok = ok and r["slowest_test_s"] is not None and r["slowest_test_s"] <= 60
+    else:
+        r["target"] = f"wall <= {TARGETS_S[name]:.0f} s on 2 idle cores"
+    r["target_met"] = ok
+    return r
 
 
 def main() -> int:

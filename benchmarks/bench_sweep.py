@@ -8,12 +8,15 @@ baseline runs exactly that many rows through the bare UNet in calls of `max_batc
 """
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 
 from diffaudit.attacks import attack_sweep
 from diffaudit.audit import AuditConfig
 
-from bench_common import count_flops, measure, peak_memory, ratio
+from bench_common import count_flops, judged, measure, peak_memory, ratio
 from bench_models import describe, diffusion_model
 
 ATTACKS = ("sima", "loss", "pia", "secmi")
@@ -48,7 +51,7 @@ def bench_sweep(device: str, size: str, quick: bool) -> dict:
     interval = config.secmi_interval
     n = 16 if sd else 64  # 64: the audit's default chunk
     max_batch = 64 if sd else config.batch_size * 8  # what run_audit passes
-    repeats = 1 if quick else 2
+    repeats = 2 if quick else 3
     unet_dtype = "float16" if gpu else "float32"
     model, make_cond = diffusion_model(size, device, unet_dtype)
     shape = model.latent_shape
@@ -85,9 +88,26 @@ def bench_sweep(device: str, size: str, quick: bool) -> dict:
             model.unet(xs[b], ts[b], **kw(b)).sample
 
     bare(even)  # warm-up of the bare calls (the counting sweep above warmed the sweep up)
-    times = measure({"sweep": sweep, "bare_unet": bare, "bare_unet_same_calls": lambda: bare(even)},
-                    repeats, device, warmup=False)
+    # CPU time inside the UNet's forward during each sweep run (hooks): the sweep's own
+    # bookkeeping is the rest, measured in the same runs, so machine load cancels out.
+    inside, runs = [0.0], []
+    pre = model.unet.register_forward_pre_hook(lambda m, a: inside.__setitem__(0, inside[0] - time.process_time()))
+    post = model.unet.register_forward_hook(lambda m, a, o: inside.__setitem__(0, inside[0] + time.process_time()))
+
+    def timed_sweep():
+        inside[0], c0 = 0.0, time.process_time()
+        sweep()
+        runs.append((time.process_time() - c0) / inside[0])
+
+    try:
+        times = measure({"sweep": timed_sweep, "bare_unet": bare, "bare_unet_same_calls": lambda: bare(even)},
+                        repeats, device, warmup=False)
+    finally:
+        pre.remove()
+        post.remove()
     r = ratio(times, "sweep", "bare_unet")
+    same = ratio(times, "sweep", "bare_unet_same_calls")
+    bookkeeping = statistics.median(runs)
     return {
         "unet": describe(model.unet), "unet_dtype": unet_dtype, "latent": list(shape), "samples": n,
         "attacks": list(ATTACKS), "grid_sizes": {a: len(v) for a, v in grids.items()}, "secmi_interval": interval,
@@ -95,8 +115,15 @@ def bench_sweep(device: str, size: str, quick: bool) -> dict:
         "calls_bare": len(calls), "unet_rows_per_s": rows_min / times["sweep"]["min_s"],
         "samples_per_s": n / times["sweep"]["min_s"], "repeats": repeats, "times": times,
         "tflops_achieved": count_flops(bare) / times["sweep"]["min_s"] / 1e12,
-        "overhead": r, "overhead_vs_same_calls": ratio(times, "sweep", "bare_unet_same_calls"),
+        "overhead": r, "overhead_vs_same_calls": same,
+        "bookkeeping": {"runs": runs, "median": bookkeeping,
+                        "what": "sweep CPU time / CPU time inside the UNet's forward, in the same runs"},
         "peak_gpu_gib": peak_memory(device),
-        "target": "overhead <= 1.15", "target_met": r["min"] <= 1.15 and counter.rows == rows_min,
+        # SecMI's inversion is a chain of t_max/Δ + 1 dependent calls, so no schedule makes fewer
+        # calls than that: the limit is the same rows in the same number of calls.
+        "target": ("<= 1.05x the bare UNet rows in the calls SecMI's chain allows, and sweep time <= 1.05x the "
+                   "time inside the UNet; exactly the minimum rows"),
+        "target_met": judged(same, device) <= 1.05 and bookkeeping <= 1.05 and counter.rows == rows_min,
+        "judged_on": "CPU-time medians" if not gpu else "wall-clock minima",
     }
 

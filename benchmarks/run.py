@@ -13,7 +13,9 @@ Each figure is a ratio against a baseline measured in the same run on the same m
    SLQ: the quadrature bias of distortion(estimator="slq") at its default steps;
 3. attack sweep: SimA + PIA + Loss + SecMI over the default t grid vs the bare UNet rows it needs;
 4. memory: peak RSS of run_audit with 4× more samples (fresh subprocesses);
-5. scaling: run_audit time vs N.
+5. scaling: run_audit time vs N;
+6. demo and tests: wall time of `diffaudit demo` and of the README's test command in fresh
+   subprocesses (full mode on a CPU only: absolute times, read beside the load average).
 On a CPU the models are reduced (Stable Diffusion's VAE layout at 1/8 or 1/16 width, 64²
 images); with --device cuda they default to SD v1's sizes (4×64×64 latents, 512² images).
 """
@@ -32,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHES = ("influence", "distortion", "sd", "slq", "sweep", "audit", "models")
+BENCHES = ("influence", "distortion", "sd", "slq", "sweep", "audit", "models", "demo", "tests")
 # Published dense peaks (NVIDIA datasheets, SXM parts) to express achieved FLOP/s as a fraction.
 GPU_PEAK_TFLOPS = {"H100": {"tf32": 494.7, "float16": 989.4}, "H200": {"tf32": 494.7, "float16": 989.4}}
 
@@ -152,9 +154,21 @@ def rows_slq(r: dict) -> list[tuple]:
 
 
 def rows_sweep(r: dict) -> list[tuple]:
-    return [("attack sweep", f"{fmt(r['overhead']['min'])}x bare UNet ({fmt(r['overhead']['median'])}); "
-             f"{fmt(r['overhead_vs_same_calls']['min'])}x same #calls; rows {r['rows_sweep']}/{r['rows_min']}",
+    return [("attack sweep", f"{_ratio(r['overhead_vs_same_calls'])} of the bare rows in the same {r['calls_sweep']} "
+             f"calls; {_ratio(r['overhead'])} in {r['calls_bare']} full calls; bookkeeping "
+             f"{fmt(r['bookkeeping']['median'], 3)}x the UNet time; rows {r['rows_sweep']}/{r['rows_min']}",
              r["target"], _met(r), fmt(r["samples_per_s"]), _tflops(r))]
+
+
+def rows_wall(name: str):
+    def rows(r: dict) -> list[tuple]:
+        if "skipped" in r:
+            return [(name, r["skipped"], r["target"], _met(r), "", "")]
+        extra = f", slowest test {fmt(r['slowest_test_s'], 1)} s" if r.get("slowest_test_s") is not None else ""
+        load = r["load_average"][0][0]
+        return [(name, f"wall {fmt(r['wall_s'], 0)} s, CPU {fmt(r['cpu_s'], 0)} s{extra} (load {fmt(load, 1)} at start; "
+                 f"rc {r['returncode']})", r["target"], _met(r), "", "")]
+    return rows
 
 
 def rows_memory(r: dict) -> list[tuple]:
@@ -177,7 +191,8 @@ def rows_models(r: dict) -> list[tuple]:
 
 
 ROWS = [("influence", rows_influence), ("distortion", rows_distortion), ("sd", rows_sd), ("slq", rows_slq),
-        ("sweep", rows_sweep), ("memory", rows_memory), ("scaling", rows_scaling), ("models", rows_models)]
+        ("sweep", rows_sweep), ("memory", rows_memory), ("scaling", rows_scaling), ("models", rows_models),
+        ("demo", rows_wall("demo")), ("tests", rows_wall("tests"))]
 
 
 def table(results: dict) -> str:
@@ -224,6 +239,7 @@ def main(argv=None) -> int:
         p.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {', '.join(BENCHES)}")
 
     from bench_audit import bench_audit
+    from bench_demo import bench_row
     from bench_geometry import bench_distortion, bench_influence
     from bench_models import bench_families
     from bench_sd import bench_sd
@@ -241,7 +257,9 @@ def main(argv=None) -> int:
                                     else "--device cuda runs the other rows at SD size" if gpu else None),
              "slq": lambda: bench_slq_row(a.quick),
              "sweep": lambda: bench_sweep(a.device, size, a.quick),
-             "models": lambda: bench_families(a.device, a.quick)}
+             "models": lambda: bench_families(a.device, a.quick),
+             "demo": lambda: bench_row("demo", a.quick or gpu),
+             "tests": lambda: bench_row("tests", a.quick or gpu)}
     for name in only:
         t0 = time.perf_counter()
         try:
