@@ -5,10 +5,12 @@ SD v1's VAE config at full width (block_out_channels 128/256/512/512, 2 layers p
 (256² images), one sample, in fresh subprocesses (`python benchmarks/bench_sd.py --worker KIND`)
 so that each peak RSS (VmHWM) is that computation's alone:
 
-- influence: `geometry.influence` with the audit's 8 probes (1 forward + 8 Jᵀ·v), timed whole;
+- influence: `geometry.influence` with the audit's 8 probes (1 forward + 8 Jᵀ·v), timed whole
+  after the output-shape forward (timed apart: geometry remembers it per decoder, so an audit
+  pays it once);
 - distortion: the passes a default (gkl) run is made of, timed through the library's own
-  Linearization: the output-shape forward, a J·v (central differences, 2 forwards), the kept
-  graph's forward, a Jᵀ·u; seconds per sample = shape + graph forward + products/2·(J·v + Jᵀ·u).
+  Linearization: a J·v (central differences, 2 forwards), the kept graph's forward, a Jᵀ·u;
+  seconds per sample = graph forward + products/2·(J·v + Jᵀ·u).
   The products a run needs per sample are counted on the same layout at 1/16 width at the same
   latent size (d = 4096), where a full run fits the time budget. Assumption: the number of
   Lanczos steps depends on the spectrum of J, taken to be alike at both widths (random init).
@@ -74,9 +76,17 @@ def worker(kind: str, threads: int) -> dict:
     z = _z(1, SD_LATENT_HW)
     floor = vmhwm_kib()  # no warm-up forward: seconds each, and a fresh process is what an audit starts as
     if kind == "influence":
+        from diffaudit.geometry._linearize import output_shape
+
+        # The output-shape forward is paid once per decoder (geometry remembers it), not per
+        # sample: timed apart, then influence as every later chunk of an audit runs it.
+        t0 = time.perf_counter()
+        output_shape(decode, z)
+        t_shape = time.perf_counter() - t0
         t0, c0 = time.perf_counter(), time.process_time()
         geometry.influence(decode, z, n_probes=8, generator=_gens(1, "influence"))
-        out = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "products": 8, "forwards": 2}
+        out = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "products": 8, "forwards": 1,
+               "shape_forward_once_s": t_shape}
     elif kind == "distortion_passes":
         # The passes a gkl run is made of, through the library's own Linearization (the code
         # path singular_values takes): the output-shape forward, a J·v (central differences:
@@ -144,28 +154,28 @@ def bench_sd(threads: int = 1, skip: str | None = None) -> dict:
     passes = _run_worker("distortion_passes", threads, timeout=900)
     prods = _run_worker("products", threads, timeout=900)
     per_sample = sum(prods["products_per_sample"]) / len(prods["products_per_sample"])
-    # A gkl run per sample: the shape forward and the graph's forward once, then half its
-    # products J·v and half Jᵀ·u.
-    dist_s = (passes["shape_forward_s"] + passes["graph_forward_s"]
-              + per_sample / 2 * (passes["jv_s"] + passes["vjp_s"]))
+    # A gkl run per sample: the graph's forward once, then half its products J·v and half Jᵀ·u
+    # (the output-shape forward is once per audit: geometry remembers it per decoder).
+    dist_s = passes["graph_forward_s"] + per_sample / 2 * (passes["jv_s"] + passes["vjp_s"])
     f32, f64 = pass_flops(SD_LATENT_HW), pass_flops(GPU_LATENT_HW)
-    # Distortion: the shape and graph forwards, then per product pair a J·v (central
-    # differences: 2 forwards) and a Jᵀ·u (a backward); influence: 2 forwards + 8 backwards.
+    # Distortion: the graph's forward, then per product pair a J·v (central differences: 2
+    # forwards) and a Jᵀ·u (a backward); influence: 1 forward + 8 backwards.
     bwd32, bwd64 = f32["forward_backward"] - f32["forward"], f64["forward_backward"] - f64["forward"]
-    dist_flops32 = 2 * f32["forward"] + per_sample / 2 * (2 * f32["forward"] + bwd32)
-    dist_flops64 = 2 * f64["forward"] + per_sample / 2 * (2 * f64["forward"] + bwd64)
-    infl_flops64 = 2 * f64["forward"] + 8 * bwd64  # shape forward, graph forward, 8 backwards
+    dist_flops32 = f32["forward"] + per_sample / 2 * (2 * f32["forward"] + bwd32)
+    dist_flops64 = f64["forward"] + per_sample / 2 * (2 * f64["forward"] + bwd64)
+    infl_flops64 = f64["forward"] + 8 * bwd64
     gpu = ASSUMED_GPU_EFFICIENCY * H200_TF32_TFLOPS * 1e12
     return {
         "latent": [4, SD_LATENT_HW, SD_LATENT_HW], "image": [3, 8 * SD_LATENT_HW, 8 * SD_LATENT_HW],
         "influence": {"s_per_sample": infl["wall_s"], "cpu_s_per_sample": infl["cpu_s"],
-                      "products_per_sample": 8, "peak_rss_gib": infl["vmhwm_mib"] / 1024},
+                      "products_per_sample": 8, "peak_rss_gib": infl["vmhwm_mib"] / 1024,
+                      "shape_forward_once_per_audit_s": infl["shape_forward_once_s"]},
         "distortion": {"s_per_sample": dist_s, "products_per_sample": per_sample, "products_counted_on": prods,
                        "passes_s": passes, "peak_rss_gib": passes["vmhwm_mib"] / 1024,
                        "cpu_gflops_per_s": dist_flops32 / dist_s / 1e9,
-                       "how": "measured per-pass seconds x passes per sample: shape forward + graph forward "
-                              "+ products/2 x (J·v + Jᵀ·u)"},
-        "influence_cpu_gflops_per_s": (2 * f32["forward"] + 8 * bwd32) / infl["wall_s"] / 1e9,
+                       "how": "measured per-pass seconds x passes per sample: graph forward + products/2 x "
+                              "(J·v + Jᵀ·u); the output-shape forward is once per audit"},
+        "influence_cpu_gflops_per_s": (f32["forward"] + 8 * bwd32) / infl["wall_s"] / 1e9,
         "flops_per_pass": {"4x32x32": f32, "4x64x64": f64},
         "gpu_projection_4x64x64": {
             "assumption": f"{ASSUMED_GPU_EFFICIENCY:.0%} of an H200's dense TF32 peak ({H200_TF32_TFLOPS} TFLOP/s) "
