@@ -74,3 +74,18 @@ def test_audit_with_a_distortion_subset(tmp_path):
     assert r["protocols"]["paper"]["per_attack"]["sima"] == full.results["protocols"]["paper"]["per_attack"]["sima"]
     html = (tmp_path / "sub" / "report.html").read_text()
     assert "distortion was computed on 8 of 20 samples" in html
+
+
+def test_a_subset_is_refused_by_a_full_geometry_store_and_leaves_the_attack_key_alone(tmp_path):
+    model, samples = _tiny_model(), _samples()
+    cfg = _tiny_config()
+    run_audit(model, samples, cfg, out_dir=tmp_path, progress=False, write_report=False)
+    assert cfg.hash() == cfg.replace(distortion_samples=8).hash()  # attacks do not depend on the subset
+    from diffaudit.errors import DataError
+
+    with pytest.raises(DataError, match="different run"):  # the geometry store does
+        run_audit(model, samples, cfg.replace(distortion_samples=8), out_dir=tmp_path, progress=False,
+                  write_report=False)
+    r = run_audit(model, samples, cfg.replace(distortion_samples=8), out_dir=tmp_path, progress=False,
+                  write_report=False, overwrite=True)
+    assert r.results["distortion_subset"]["n"] == 8

@@ -58,6 +58,8 @@ def run_audit(model, samples: SampleSet, config: AuditConfig | None = None, out_
     common = {"diffaudit_version": __version__, "model_sha256": model_info.get("sha256"),
               "weights_sha256": weights, "samples": shash}
     geo_manifest = {**common, "kind": "geometry", **{f: getattr(config, f) for f in _GEOMETRY_FIELDS}}
+    if not config.distortion_samples:  # all samples: the manifest of stores made before the option existed
+        geo_manifest.pop("distortion_samples")
     att_manifest = {**common, "kind": "attacks", "config": config.hash()}
     t0 = time.perf_counter()
     # The main process checks (and with overwrite, clears) the stores before others write to them.

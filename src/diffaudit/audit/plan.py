@@ -48,8 +48,9 @@ class AuditConfig:
     seed: int = 0
     cond: str = "auto"  # "auto" | "none" | "caption" | "label"
 
-    # Fields that change how fast, not what: left out of the config hash.
-    _NOT_HASHED = ("batch_size",)
+    # Left out of the config hash that keys the attack store: what changes how fast, not what
+    # (batch_size), and what only the geometry store depends on (its own manifest has it).
+    _NOT_HASHED = ("batch_size", "distortion_samples")
 
     def __post_init__(self):
         _validate(self)
