@@ -35,6 +35,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BENCHES = ("influence", "distortion", "sd", "slq", "sweep", "audit", "models", "demo", "tests")
+# The default run: the speed goals, within 10 minutes on 2 idle cores; `--only models` adds the
+# per-family sweep overhead (about a minute more).
+DEFAULT = tuple(b for b in BENCHES if b != "models")
 # Published dense peaks (NVIDIA datasheets, SXM parts) to express achieved FLOP/s as a fraction.
 GPU_PEAK_TFLOPS = {"H100": {"tf32": 494.7, "float16": 989.4}, "H200": {"tf32": 494.7, "float16": 989.4}}
 
@@ -226,7 +229,7 @@ def main(argv=None) -> int:
                    help="model size (default: reduced on CPU, sd on CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1 on CPU)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    p.add_argument("--only", default=",".join(BENCHES), help=f"comma list of {', '.join(BENCHES)}")
+    p.add_argument("--only", default=",".join(DEFAULT), help=f"comma list of {', '.join(BENCHES)} (default: all but models)")
     p.add_argument("--tag", default="", help="suffix for the JSON file name")
     a = p.parse_args(argv)
     gpu = torch.device(a.device).type == "cuda"
