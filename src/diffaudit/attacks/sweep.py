@@ -191,10 +191,10 @@ def call_plan(per_attack: Mapping[str, Sequence[int]], n: int) -> list[int] | No
     are spread evenly over the chain's calls instead of filling the first calls to `max_batch`
     and leaving the last ones to the chain alone: the same number of calls (the chain's length,
     the fewest possible), each about equally full. Measured (benchmarks/README.md): 12 calls of
-    512 rows then 18 of 64 ran 1.11x the same rows in 31 even calls on a CPU. Counts come from the
-    registry (`calls_per_t` over each grid); the chain's is a lower bound (its trajectory may
-    hold more steps than its grid), and once it is used up calls fill to `max_batch` again, so a
-    wrong guess never adds a call."""
+    512 rows then 18 of 64 ran 1.11x the same rows in 31 even calls on a CPU; spread, 1.01x.
+    Counts come from the registry (`calls_per_t` over each grid); the chain's is a lower bound
+    (its trajectory may hold more steps than its grid), and once it is used up calls fill to
+    `max_batch` again, so a wrong guess never adds a call."""
     chain = max((ATTACKS[a].calls_per_t * len(ts) for a, ts in per_attack.items() if ATTACKS[a].sweep_priority == 0),
                 default=0)
     if not chain:
