@@ -320,3 +320,30 @@ def test_sweep_through_a_diffusers_unet():
     assert len(out) == 8
     for (name, t), vec in out.items():
         torch.testing.assert_close(vec, _single(m, z, name, t, ["x", "y", "w"]), rtol=1e-9, atol=1e-9)
+
+
+def test_sweep_spreads_rows_over_secmi_chain():
+    """The audit's default grid at a chunk of 64: SecMI's 31 chain calls each carry about a 31st
+    of the rows (before: 12 full calls of 512, then 18 chain-only calls of 64), the same rows."""
+    from diffaudit.audit import AuditConfig
+
+    class Recording:  # a 1000-step schedule, rows independent; records each call's rows
+        alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 2e-2, 1000, dtype=torch.float64), 0)
+
+        def __init__(self):
+            self.sizes = []
+
+        def eps(self, x, t, cond=None):
+            self.sizes.append(x.shape[0])
+            return 0.5 * x
+
+    cfg = AuditConfig()
+    grids = {a: cfg.grid(a) for a in ("sima", "loss", "pia", "secmi")}
+    m = Recording()
+    z = torch.randn(64, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = _sweep_dict(m, z, grids, sample_ids=range(64), max_batch=512)
+    assert len(out) == sum(len(v) for v in grids.values())
+    sizes = m.sizes
+    rows = 64 * (1 + 29 + 29 + 29 + 30)  # ε̂(z,0), SimA t>0, Loss, PIA, SecMI's chain past t=0 (10..300)
+    assert sum(sizes) == rows and len(sizes) == 31  # the chain's length: the fewest calls possible
+    assert max(sizes) <= -(-rows // 30) and min(sizes[:-2]) >= rows // 31 - 1
