@@ -27,8 +27,9 @@ def test_stratified_subset_is_proportional_keyed_and_order_free():
     # A lopsided split still leaves each class at least one sample.
     tiny = stratified_subset(keys, np.arange(300) < 1, 10, 0, "x")
     assert tiny.sum() == 10 and tiny[0]
-    with pytest.raises(ConfigError, match="distortion_samples"):
-        from_dict({"distortion_samples": -1})
+    for bad in (-1, 2):
+        with pytest.raises(ConfigError, match="distortion_samples"):
+            from_dict({"distortion_samples": bad})
 
 
 def test_strata_verdict_uses_the_subset_alone():

@@ -115,8 +115,9 @@ def _validate(c: AuditConfig) -> None:
     for name, known in (("svd_method", svd.METHODS), ("svd_algorithm", svd.ALGORITHMS)):
         if getattr(c, name) not in known:
             raise ConfigError(f"{name} must be one of {', '.join(known)}; got {getattr(c, name)!r}")
-    if isinstance(c.distortion_samples, bool) or c.distortion_samples < 0:
-        raise ConfigError(f"distortion_samples must be an integer >= 0 (0: every sample), got {c.distortion_samples!r}")
+    if isinstance(c.distortion_samples, bool) or c.distortion_samples < 0 or 0 < c.distortion_samples < 4:
+        raise ConfigError(f"distortion_samples must be 0 (every sample) or at least 4 (the strata's quartiles), "
+                          f"got {c.distortion_samples!r}")
     if c.svd_oversample < 0:
         raise ConfigError(f"svd_oversample must be >= 0, got {c.svd_oversample}")
     for name, low in (("svd_power_iters", 0), ("svd_block_size", 1)):
