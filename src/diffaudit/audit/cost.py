@@ -15,16 +15,11 @@ from .plan import AuditConfig
 
 
 def distortion_products(config: AuditConfig) -> int:
-    """The most Jacobian products distortion spends per sample (geometry/svd.py's budgets)."""
-    from ..geometry.svd import resolve_svd_options
+    """The most Jacobian products distortion spends per sample (`geometry.svd.max_products`)."""
+    from ..geometry.svd import max_products
 
-    q, b = resolve_svd_options(config.svd_algorithm, config.svd_power_iters, config.svd_block_size)
-    K = config.svd_rank
-    if config.svd_algorithm == "gkl":
-        return 2 * b * (q + 1) * -(-K // b)
-    if config.svd_algorithm == "block_krylov":
-        return (2 * q + 1) * b
-    return (2 * q + 2) * (K + config.svd_oversample)
+    return max_products(config.svd_algorithm, config.svd_rank, config.svd_oversample, config.svd_power_iters,
+                        config.svd_block_size)
 
 
 def estimate_cost(config: AuditConfig, n_samples: int, attacks: Sequence[str] | None = None) -> dict:
@@ -38,8 +33,7 @@ def estimate_cost(config: AuditConfig, n_samples: int, attacks: Sequence[str] | 
         ts = set(grid) | (set(config.hf_timesteps) if config.hf_filter and spec.decoded_variant else set())
         calls += spec.calls_per_t * len(ts)
         back += spec.backward_per_t * len(ts)
-    n_dist = n_samples if config.distortion_samples in (0, None) or config.distortion_samples >= n_samples \
-        else config.distortion_samples
+    n_dist = min(n_samples, config.distortion_samples) if config.distortion_samples else n_samples
     per = {"denoiser_calls": calls, "denoiser_backward": back, "decoder_forward_influence": 1,
            "decoder_backward_influence": config.n_probes, "jacobian_products_distortion_max": distortion_products(config)}
     total = {"denoiser_calls": calls * n_samples, "denoiser_backward": back * n_samples,

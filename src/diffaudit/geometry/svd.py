@@ -55,6 +55,21 @@ def resolve_svd_options(algorithm: str, power_iters: int | None, block_size: int
             (KRYLOV_BLOCK_SIZE if block_size is None else block_size))
 
 
+def max_products(algorithm: str, rank: int, oversample: int, power_iters: int | None, block_size: int | None) -> int:
+    """The most Jacobian products (J·v plus Jᵀ·u) `singular_values` spends per sample (before
+    capping by the latent size d): gkl's budget (it stops earlier per sample), else the fixed cost."""
+    q, b = resolve_svd_options(algorithm, power_iters, block_size)
+    if algorithm == "gkl":
+        return 2 * b * _gkl_max_steps(rank, b, q)
+    if algorithm == "block_krylov":
+        return (2 * q + 1) * b
+    return (2 * q + 2) * (rank + oversample)
+
+
+def _gkl_max_steps(rank: int, width: int, power_iters: int) -> int:
+    return (power_iters + 1) * -(-rank // width)  # power_iters + 1 passes of ⌈rank/b⌉ steps
+
+
 def _orth(A: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(A, mode="reduced").Q
 
@@ -134,7 +149,7 @@ def singular_values(decode, z: torch.Tensor, rank: int = 20, oversample: int = 3
     if algorithm == "block_krylov" and min(width * (power_iters + 1), d) < rank:
         raise InputError(f"block_krylov spans block_size·(power_iters+1) = {width * (power_iters + 1)} < rank={rank} "
                          "dimensions; raise block_size or power_iters")
-    max_steps = (power_iters + 1) * -(-rank // width)  # gkl: power_iters + 1 passes of ⌈rank/b⌉ steps
+    max_steps = _gkl_max_steps(rank, width, power_iters)
     xshape = output_shape(decode, z)
     m = math.prod(xshape)
     items = items_per_call(max_batch, m)
