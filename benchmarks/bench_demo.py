@@ -2,9 +2,10 @@
 
     python benchmarks/bench_demo.py [--demo] [--tests] [--slow-tests]
 
-Each runs as a fresh subprocess with one torch thread (`OMP_NUM_THREADS=1`, as the README says):
-`diffaudit demo --out TMP --no-progress` (the shipped digits model, so the audit is the wait),
-`python -m pytest` (slow tests deselected) and `python -m pytest -m slow`. Reported per command:
+Each runs as a fresh subprocess with one torch thread per process (`OMP_NUM_THREADS=1`) and its
+own defaults for processes: `diffaudit demo --out TMP --no-progress` (the shipped digits model, so
+the audit is the wait; its audit in one process per usable core, at most 4), `python -m pytest`
+(slow tests deselected; pytest-xdist, one worker per core) and `python -m pytest -m slow`. Reported per command:
 wall seconds, the children's CPU seconds (≈ wall on idle cores: the gap is other work on the
 machine), the load average before and after, and whether the target is met (demo ≤ 240 s,
 default tests ≤ 180 s, both on 2 idle cores). Writes benchmarks/results/times-<utc>.json.

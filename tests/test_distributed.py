@@ -50,3 +50,54 @@ def test_single_process_without_a_launcher(monkeypatch):
     with process_group("cpu") as pg:
         assert (pg.rank, pg.world_size, pg.is_main, pg.barrier) == (0, 1, True, None)
         assert str(pg.device) == "cpu"
+
+
+def _rank_and_world(tag):
+    import os
+
+    with process_group("cpu") as pg:
+        return (tag, pg.rank, pg.world_size, os.environ["OMP_NUM_THREADS"])
+
+
+def _rank_without_accelerate():
+    """As a worker on a machine without the accelerate extra: plain gloo."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    importlib.util.find_spec = lambda name, *a: None if name == "accelerate" else real(name, *a)
+    with process_group("cpu") as pg:
+        import accelerate.state
+
+        pg.barrier()
+        return pg.rank, pg.world_size, accelerate.state.PartialState._shared_state == {}
+
+
+def _fails_on_rank_1():
+    from diffaudit.errors import ConfigError
+
+    with process_group("cpu") as pg:
+        if pg.rank == 1:
+            raise ConfigError("settings.toml: rank 1 refuses")
+        pg.barrier()
+
+
+def test_local_processes_return_rank_0_and_raise_a_workers_error_as_itself(capfd):
+    """`run_local_processes` (torchrun's launcher, as `diffaudit demo --processes` uses it): rank 0's
+    value comes back; a worker's DiffauditError is raised in the caller as its own class, and the
+    launcher prints nothing of it."""
+    from diffaudit.distributed import run_local_processes
+    from diffaudit.errors import ConfigError
+
+    import os
+
+    import torch
+
+    threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    assert run_local_processes(_rank_and_world, ("x",), 2) == ("x", 0, 2, threads)
+    assert "OMP_NUM_THREADS" not in os.environ or os.environ["OMP_NUM_THREADS"] == threads  # restored
+    assert run_local_processes(_rank_without_accelerate, (), 2) == (0, 2, True)
+    capfd.readouterr()
+    with pytest.raises(ConfigError, match="settings.toml: rank 1 refuses"):
+        run_local_processes(_fails_on_rank_1, (), 2)
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and "rank 1 refuses" not in out + err

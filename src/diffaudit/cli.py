@@ -81,23 +81,24 @@ def demo(
     train: bool = typer.Option(False, "--train", help="Train the LDM here even where diffaudit ships it (digits, seed 0)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard cached audit results made with another config."),
     no_progress: bool = typer.Option(False, "--no-progress"),
-    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads. Default: 1 for digits (its tiny "
-                                       "models run about as fast on one thread as on two, and far faster when other "
-                                       "work shares the cores); up to 2 for fashion-mnist, whose 32x32 decoder "
-                                       "geometry ran 1.6x faster on 2 idle cores."),
+    processes: int | None = typer.Option(None, "--processes", min=1, help="Audit processes on this machine "
+                                         "(torchrun's launcher; each computes its share of the chunks, so the "
+                                         "numbers do not depend on it). Default: the usable cores, at most 4."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads per process. One keeps the numbers "
+                                "independent of the machine (more threads change float rounding)."),
 ):
     """Audit a tiny latent diffusion model trained on embedded data (shipped for digits, seed 0), write a report."""
     import torch
 
     from .audit.demo import run_demo
 
-    if threads is None:
-        threads = 1 if data == "digits" else min(2, os.cpu_count() or 1)
-    torch.set_num_threads(max(1, threads))
+    if processes is None:
+        processes = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    torch.set_num_threads(threads)
 
     with _progress_bars(not no_progress):
         result = run_demo(out, data=data, seed=seed, quick=quick, train=train, overwrite=overwrite,
-                          progress=not no_progress, log=echo)
+                          progress=not no_progress, log=echo, processes=processes)
     _show_results(result.results, out / "report.html")
 
 

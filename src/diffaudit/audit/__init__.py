@@ -89,6 +89,7 @@ def run_audit(model, samples: SampleSet, config: AuditConfig | None = None, out_
     results["cost_estimate"] = cost
     results["timing"] = {"encode_s": timing.encode_s, "geometry_s": timing.geometry_s,
                          "attacks_s": timing.attacks_s, "total_s": time.perf_counter() - t0,
+                         "processes": world_size,
                          "note": "this process's compute in this invocation (chunks reused from the store cost nothing)"}
     res = AuditResult(results=results, samples=table, out_dir=out)
     if write_report:

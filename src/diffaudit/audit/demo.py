@@ -64,12 +64,12 @@ def install_bundled_model(bundle: Path, target: Path, members, heldout) -> dict:
 def run_demo(out_dir: str | Path = "diffaudit-report", data: str = "digits", seed: int = 0, quick: bool = False,
              train: bool = False, config: AuditConfig | None = None, progress: bool = True,
              overwrite: bool = False, n_members: int | None = None, vae_steps: int | None = None,
-             unet_steps: int | None = None, log=print):
+             unet_steps: int | None = None, log=print, processes: int = 1):
     from ..data import load_split_pair, make_split, open_source, write_split
     from ..errors import ConfigError
     from ..models import LatentDiffusion
     from ..train import get_preset, train_ldm
-    from . import SampleSet, model_folder_hash, run_audit
+    from . import model_folder_hash
     from .presets import audit_preset
 
     if data not in DEMOS:
@@ -118,16 +118,48 @@ def run_demo(out_dir: str | Path = "diffaudit-report", data: str = "digits", see
         meta = train_ldm(images, preset, model_dir, seed=seed, progress=progress, vae_steps=vae_steps,
                          unet_steps=unet_steps, split_info=split_info)
 
-    # 3. Audit members vs held-out.
-    log("[3/3] auditing: geometry, attacks over t, masks, metrics, report")
+    # 3. Audit members vs held-out, in `processes` local processes (one torch thread each unless
+    # set otherwise): each computes its share of the chunks, every draw is keyed by sample, so the
+    # stored numbers are those of one process.
+    log("[3/3] auditing: geometry, attacks over t, masks, metrics, report"
+        + (f" ({processes} processes)" if processes > 1 else ""))
     model = LatentDiffusion.from_pretrained(model_dir)
-    samples = SampleSet.from_splits(members, heldout, image_shape=model.image_shape, cond="none")
     model_info = {"path": str(model_dir), "preset": preset.name, "sha256": model_folder_hash(model_dir),
                   "train": {"steps": meta.get("steps"), "final_losses": meta.get("final_losses"),
                             "times_s": meta.get("times_s")}}
     if bundle is not None:
         model_info["bundled"] = bundle.name
-    result = run_audit(model, samples, config, out_dir=out, model_info=model_info, split_info=split_info,
-                       overwrite=overwrite, progress=progress, log=log)
+    job = (out, model_dir, mpath, hpath, config, model_info, split_info, overwrite, progress, log, torch.get_num_threads())
+    if processes > 1:
+        import pickle
+
+        from ..distributed import run_local_processes
+
+        try:  # the workers are spawned: a log that does not pickle (a lambda) becomes print
+            pickle.dumps(log)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            job = job[:9] + (print,) + job[10:]
+        result = run_local_processes(audit_worker, job, processes)
+    else:
+        result = audit_worker(*job, model=model)
     result.results["timing"]["demo_total_s"] = time.perf_counter() - t0
     return result
+
+
+def audit_worker(out, model_dir, mpath, hpath, config, model_info, split_info, overwrite, progress, log, threads,
+                 model=None):
+    """The demo's audit stage in one process of a local group (or alone); rank 0's AuditResult, else None."""
+    from ..data import load_split_pair
+    from ..distributed import process_group
+    from ..models import LatentDiffusion
+    from . import SampleSet, run_audit
+
+    torch.set_num_threads(threads)
+    with process_group("cpu") as pg:
+        model = model or LatentDiffusion.from_pretrained(model_dir)
+        members, heldout = load_split_pair(mpath, hpath)
+        samples = SampleSet.from_splits(members, heldout, image_shape=model.image_shape, cond="none")
+        return run_audit(model, samples, config, out_dir=out, model_info=model_info,
+                         split_info=split_info, overwrite=overwrite, progress=progress and pg.is_main,
+                         rank=pg.rank, world_size=pg.world_size, barrier=pg.barrier,
+                         log=log if pg.is_main else None)
