@@ -13,7 +13,14 @@ from diffaudit.errors import ConfigError, DataError
 from diffaudit.train import get_preset
 
 
-def test_reduced_demo_end_to_end(tmp_path):
+def test_reduced_demo_end_to_end_in_one_and_in_two_processes(tmp_path):
+    """The whole demo at toy size; rerun, it reuses everything; with `processes=2` (torchrun's
+    launcher, gloo) each process computes its share of the chunks and every stored array and
+    verdict equals the single-process run's (one test: the second run reuses the first's model)."""
+    import shutil
+
+    import numpy as np
+
     cfg = audit_preset("tiny", chunk_size=8)
     kw = dict(out_dir=tmp_path / "r", n_members=12, vae_steps=3, unet_steps=3, config=cfg, progress=False,
               log=lambda m: None)
@@ -29,6 +36,21 @@ def test_reduced_demo_end_to_end(tmp_path):
     again = run_demo(**kw)
     assert again.results["protocols"] == res.results["protocols"]
     assert again.results["timing"]["geometry_s"] == 0 and again.results["timing"]["attacks_s"] == 0
+
+    for part in ("split", "model"):  # the same split and trained model: only the audit is shared out
+        shutil.copytree(out / part, tmp_path / "two" / part)
+    two = run_demo(**{**kw, "out_dir": tmp_path / "two"}, processes=2)
+    assert two.results["timing"]["processes"] == 2 and res.results["timing"]["processes"] == 1
+    for store in ("geometry", "attacks"):
+        chunks = sorted((out / "cache" / store).glob("chunk-*.npz"))
+        assert len(chunks) == 3  # 24 samples in chunks of 8: both ranks had work
+        for f in chunks:
+            a, b = np.load(f), np.load(tmp_path / "two" / "cache" / store / f.name)
+            assert a.files == b.files
+            for k in a.files:
+                assert np.array_equal(a[k], b[k], equal_nan=True), (store, f.name, k)
+    assert two.results["protocols"] == res.results["protocols"]
+    assert two.results["findings"] == res.results["findings"]
 
 
 # -- the model shipped for the default demo --
@@ -88,29 +110,3 @@ def test_default_demo_audits_the_shipped_model(tmp_path):
     assert res.results["split"]["members"]["n"] == 512 and not any("training" in line for line in logs)
     with pytest.raises(ConfigError, match="holds the bundled model"):  # --train needs its own folder
         run_demo(out_dir=tmp_path / "r", train=True, config=audit_preset("tiny"), progress=False, log=logs.append)
-
-
-def test_demo_in_two_processes_stores_the_numbers_of_one(tmp_path):
-    """`--processes 2` (torchrun's launcher, gloo): each process computes its share of the chunks;
-    every stored array and every verdict equals the single-process run's."""
-    import shutil
-
-    import numpy as np
-
-    cfg = audit_preset("tiny", chunk_size=8)
-    kw = dict(n_members=12, vae_steps=3, unet_steps=3, config=cfg, progress=False, log=lambda m: None)
-    one = run_demo(out_dir=tmp_path / "one", **kw)
-    for part in ("split", "model"):  # the same split and trained model: only the audit is shared out
-        shutil.copytree(tmp_path / "one" / part, tmp_path / "two" / part)
-    two = run_demo(out_dir=tmp_path / "two", processes=2, **kw)
-    assert two.results["timing"]["processes"] == 2 and one.results["timing"]["processes"] == 1
-    for store in ("geometry", "attacks"):
-        chunks = sorted((tmp_path / "one" / "cache" / store).glob("chunk-*.npz"))
-        assert len(chunks) == 3  # 24 samples in chunks of 8: both ranks had work
-        for f in chunks:
-            a, b = np.load(f), np.load(tmp_path / "two" / "cache" / store / f.name)
-            assert a.files == b.files
-            for k in a.files:
-                assert np.array_equal(a[k], b[k], equal_nan=True), (store, f.name, k)
-    assert two.results["protocols"] == one.results["protocols"]
-    assert two.results["findings"] == one.results["findings"]

@@ -52,16 +52,10 @@ def test_single_process_without_a_launcher(monkeypatch):
         assert str(pg.device) == "cpu"
 
 
-def _rank_and_world(tag):
-    import os
-
-    with process_group("cpu") as pg:
-        return (tag, pg.rank, pg.world_size, os.environ["OMP_NUM_THREADS"])
-
-
-def _rank_without_accelerate():
+def _rank_without_accelerate(tag):
     """As a worker on a machine without the accelerate extra: plain gloo."""
     import importlib.util
+    import os
 
     real = importlib.util.find_spec
     importlib.util.find_spec = lambda name, *a: None if name == "accelerate" else real(name, *a)
@@ -69,7 +63,8 @@ def _rank_without_accelerate():
         import accelerate.state
 
         pg.barrier()
-        return pg.rank, pg.world_size, accelerate.state.PartialState._shared_state == {}
+        return (tag, pg.rank, pg.world_size, os.environ["OMP_NUM_THREADS"],
+                accelerate.state.PartialState._shared_state == {})
 
 
 def _fails_on_rank_1():
@@ -93,9 +88,8 @@ def test_local_processes_return_rank_0_and_raise_a_workers_error_as_itself(capfd
     import torch
 
     threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
-    assert run_local_processes(_rank_and_world, ("x",), 2) == ("x", 0, 2, threads)
+    assert run_local_processes(_rank_without_accelerate, ("x",), 2) == ("x", 0, 2, threads, True)
     assert "OMP_NUM_THREADS" not in os.environ or os.environ["OMP_NUM_THREADS"] == threads  # restored
-    assert run_local_processes(_rank_without_accelerate, (), 2) == (0, 2, True)
     capfd.readouterr()
     with pytest.raises(ConfigError, match="settings.toml: rank 1 refuses"):
         run_local_processes(_fails_on_rank_1, (), 2)

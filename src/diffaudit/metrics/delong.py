@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import norm, rankdata
+from scipy.stats import norm
 
-from .grid import labels
+from .grid import count_below, labels
 
 _Z = {0.95: float(norm.ppf(0.975))}
 
@@ -28,11 +28,8 @@ def placements(scores, member) -> tuple[np.ndarray, np.ndarray]:
     if S.ndim == 1:
         S = S[:, None]
     y, m, n = labels(member)
-    r_all = rankdata(S, axis=0)
-    r_mem = rankdata(S[y], axis=0)
-    r_held = rankdata(S[~y], axis=0)
-    v10 = (r_all[y] - r_mem) / n          # held-out scored below member i (ties half)
-    v01 = 1.0 - (r_all[~y] - r_held) / m  # members scored above held-out k (ties half)
+    v10 = count_below(S[~y], S[y]) / n          # held-out scored below member i (ties half)
+    v01 = 1.0 - count_below(S[y], S[~y]) / m    # members scored above held-out k (ties half)
     return v10, v01
 
 

@@ -1,14 +1,13 @@
 """Metrics of many score columns at once: the audit's (t × mask) grid.
 
-AUC from average ranks (the Mann–Whitney form, equal to scikit-learn's with ties counted half);
+AUC as the Mann–Whitney U (each member's count of held-out scores below it, ties half; equal to
+scikit-learn's);
 ASR and TPR at fixed FPR from one sort per column over the full ROC, with the same exact-count
 FPR rule as :func:`diffaudit.metrics.membership_metrics` (tested equal column by column).
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
-
 from ..errors import InputError
 from .single import FPR_TARGETS, fpr_within
 
@@ -19,6 +18,21 @@ def labels(member) -> tuple[np.ndarray, int, int]:
     if P == 0 or Nn == 0:
         raise InputError("need at least one member and one held-out sample")
     return y, P, Nn
+
+
+def count_below(reference, x) -> np.ndarray:
+    """Per column, how many `reference` [R, C] values lie below each `x` [N, C] value, ties half.
+
+    Half-integers, exact in float64: sums and the AUCs divided from them equal the average-rank
+    (Mann–Whitney) form bit for bit. One sort and two binary searches per column, several times
+    faster than ranking the pooled column when the null simulations call it thousands of times.
+    """
+    ref = np.sort(reference, axis=0)
+    out = np.empty(x.shape, dtype=np.float64)
+    for j in range(x.shape[1]):
+        lo = np.searchsorted(ref[:, j], x[:, j], side="left")
+        out[:, j] = (lo + np.searchsorted(ref[:, j], x[:, j], side="right")) / 2
+    return out
 
 
 def metrics_matrix(scores, member, metrics=None) -> dict[str, np.ndarray]:
@@ -32,8 +46,7 @@ def metrics_matrix(scores, member, metrics=None) -> dict[str, np.ndarray]:
     want = set(metrics) if metrics is not None else {"auc", "asr", *FPR_TARGETS}
     out = {}
     if "auc" in want:
-        ranks = rankdata(S, axis=0)
-        out["auc"] = (ranks[y].sum(0) - P * (P + 1) / 2) / (P * Nn)
+        out["auc"] = count_below(S[~y], S[y]).sum(0) / (P * Nn)
     if want - {"auc"}:
         order = np.argsort(-S, axis=0, kind="stable")
         s_sorted = np.take_along_axis(S, order, 0)
