@@ -5,12 +5,14 @@ SD v1's VAE config at full width (block_out_channels 128/256/512/512, 2 layers p
 (256² images), one sample, in fresh subprocesses (`python benchmarks/bench_sd.py --worker KIND`)
 so that each peak RSS (VmHWM) is that computation's alone:
 
-- influence: `geometry.influence` with the audit's 8 probes (1 forward + 8 Jᵀ·v), timed whole
-  after the output-shape forward (timed apart: geometry remembers it per decoder, so an audit
-  pays it once);
-- distortion: the passes a default (gkl) run is made of, timed through the library's own
-  Linearization: a J·v (central differences, 2 forwards), the kept graph's forward, a Jᵀ·u;
-  seconds per sample = graph forward + products/2·(J·v + Jᵀ·u).
+- the passes influence and a default (gkl) distortion run are made of, timed through the
+  library's own Linearization (the code path both take): a J·v (central differences,
+  2 forwards), the kept graph's forward, a Jᵀ·u (one backward on it);
+- influence (CPU: one graph forward, then one Jᵀ·v per probe on it, `vjp_mode="loop"`):
+  seconds per sample = graph forward + 8·Jᵀ·u. `python benchmarks/bench_sd.py` also times
+  `geometry.influence` whole (90 s more; 79 s whole vs 76 s from the passes in the run of
+  2026-12-02 10:34), so the default `run.py` projects it from the passes;
+- distortion: seconds per sample = graph forward + products/2·(J·v + Jᵀ·u).
   The products a run needs per sample are counted on the same layout at 1/16 width at the same
   latent size (d = 4096), where a full run fits the time budget. Assumption: the number of
   Lanczos steps depends on the spectrum of J, taken to be alike at both widths (random init).
@@ -146,12 +148,21 @@ def pass_flops(hw: int) -> dict:
     return {"forward": fwd, "forward_backward": float(fc.get_total_flops())}
 
 
-def bench_sd(threads: int = 1, skip: str | None = None) -> dict:
-    """The SD-scale row; `skip`: why not (with --quick its minutes do not fit the budget)."""
+def bench_sd(threads: int = 1, skip: str | None = None, influence_whole: bool = False) -> dict:
+    """The SD-scale row; `skip`: why not (with --quick its minutes do not fit the budget);
+    `influence_whole`: also time geometry.influence whole (else it is projected from the passes)."""
     if skip:
         return {"skipped": skip}
-    infl = _run_worker("influence", threads, timeout=900)
     passes = _run_worker("distortion_passes", threads, timeout=900)
+    infl_s = passes["graph_forward_s"] + 8 * passes["vjp_s"]
+    infl = {"s_per_sample": infl_s, "products_per_sample": 8, "peak_rss_gib": passes["vmhwm_mib"] / 1024,
+            "shape_forward_once_per_audit_s": passes["shape_forward_s"],
+            "how": "measured per-pass seconds: graph forward + 8 Jᵀ·u (the loop influence runs on a CPU)"}
+    if influence_whole:
+        whole = _run_worker("influence", threads, timeout=900)
+        infl["measured_whole"] = {"s_per_sample": whole["wall_s"], "cpu_s_per_sample": whole["cpu_s"],
+                                  "peak_rss_gib": whole["vmhwm_mib"] / 1024,
+                                  "ratio_to_passes": whole["wall_s"] / infl_s}
     prods = _run_worker("products", threads, timeout=900)
     per_sample = sum(prods["products_per_sample"]) / len(prods["products_per_sample"])
     # A gkl run per sample: the graph's forward once, then half its products J·v and half Jᵀ·u
@@ -167,15 +178,13 @@ def bench_sd(threads: int = 1, skip: str | None = None) -> dict:
     gpu = ASSUMED_GPU_EFFICIENCY * H200_TF32_TFLOPS * 1e12
     return {
         "latent": [4, SD_LATENT_HW, SD_LATENT_HW], "image": [3, 8 * SD_LATENT_HW, 8 * SD_LATENT_HW],
-        "influence": {"s_per_sample": infl["wall_s"], "cpu_s_per_sample": infl["cpu_s"],
-                      "products_per_sample": 8, "peak_rss_gib": infl["vmhwm_mib"] / 1024,
-                      "shape_forward_once_per_audit_s": infl["shape_forward_once_s"]},
+        "influence": infl,
         "distortion": {"s_per_sample": dist_s, "products_per_sample": per_sample, "products_counted_on": prods,
                        "passes_s": passes, "peak_rss_gib": passes["vmhwm_mib"] / 1024,
                        "cpu_gflops_per_s": dist_flops32 / dist_s / 1e9,
                        "how": "measured per-pass seconds x passes per sample: graph forward + products/2 x "
                               "(J·v + Jᵀ·u); the output-shape forward is once per audit"},
-        "influence_cpu_gflops_per_s": (f32["forward"] + 8 * bwd32) / infl["wall_s"] / 1e9,
+        "influence_cpu_gflops_per_s": (f32["forward"] + 8 * bwd32) / infl_s / 1e9,
         "flops_per_pass": {"4x32x32": f32, "4x64x64": f64},
         "gpu_projection_4x64x64": {
             "assumption": f"{ASSUMED_GPU_EFFICIENCY:.0%} of an H200's dense TF32 peak ({H200_TF32_TFLOPS} TFLOP/s) "
@@ -194,7 +203,7 @@ def main(argv=None) -> int:
     if a.worker:
         print(json.dumps(worker(a.worker, a.threads)))
         return 0
-    print(json.dumps(bench_sd(a.threads), indent=1))
+    print(json.dumps(bench_sd(a.threads, influence_whole=True), indent=1))
     return 0
 
 
