@@ -81,6 +81,7 @@ def test_placements_and_aucs_equal_the_average_rank_form_bit_for_bit():
     ranks: the numbers of reports made before the change stay identical."""
     from scipy.stats import rankdata
 
+    from diffaudit.analysis.strata import auc_rows
     from diffaudit.metrics.delong import placements
 
     rng = np.random.default_rng(11)
@@ -94,7 +95,9 @@ def test_placements_and_aucs_equal_the_average_rank_form_bit_for_bit():
         v10, v01 = placements(S, y)
         assert np.array_equal(v10, (r_all[y] - r_mem) / h)
         assert np.array_equal(v01, 1.0 - (r_all[~y] - r_held) / m)
-        assert np.array_equal(metrics_matrix(S, y, ("auc",))["auc"], (r_all[y].sum(0) - m * (m + 1) / 2) / (m * h))
+        auc = (r_all[y].sum(0) - m * (m + 1) / 2) / (m * h)
+        assert np.array_equal(metrics_matrix(S, y, ("auc",))["auc"], auc)
+        assert np.array_equal(auc_rows(S[y].T, S[~y].T), auc)  # the strata's rows: the same engine
 
 
 def test_holm_matches_the_step_down_definition():

@@ -13,9 +13,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
-
 from ..errors import InputError
+from ..metrics.grid import count_below
 
 __all__ = ["distortion_strata", "distortion_strata_over_t", "stratum_index", "auc_rows"]
 
@@ -23,15 +22,20 @@ __all__ = ["distortion_strata", "distortion_strata_over_t", "stratum_index", "au
 def auc_rows(member_scores: np.ndarray, heldout_scores: np.ndarray) -> np.ndarray:
     """AUC of every row at once ([..., m] vs [..., h] → [...]); equals sklearn's roc_auc_score.
 
-    The Mann–Whitney U of the members (rank sum minus m(m+1)/2, average ranks for ties) divided
-    by m·h is the area under the ROC curve, ties counted one half — the trapezoidal ROC area.
+    The Mann–Whitney U of the members (each member's count of held-out scores below it, ties
+    half: `metrics.grid.count_below`, the metric engine's AUC) divided by m·h is the area under
+    the ROC curve, ties counted one half — the trapezoidal ROC area.
     """
     m, h = member_scores.shape[-1], heldout_scores.shape[-1]
+    lead = member_scores.shape[:-1]
     if m == 0 or h == 0:
-        return np.full(member_scores.shape[:-1], np.nan)
-    both = np.concatenate([member_scores, heldout_scores], axis=-1)  # leading dims must agree
-    ranks = rankdata(both, axis=-1)
-    return (ranks[..., :m].sum(axis=-1) - m * (m + 1) / 2) / (m * h)
+        return np.full(lead, np.nan)
+    if heldout_scores.shape[:-1] != lead:
+        raise InputError(f"member and held-out scores need the same leading shape, got {lead} and "
+                         f"{heldout_scores.shape[:-1]}")
+    M = np.asarray(member_scores, dtype=np.float64).reshape(-1, m).T  # [m, rows]
+    H = np.asarray(heldout_scores, dtype=np.float64).reshape(-1, h).T
+    return (count_below(H, M).sum(axis=0) / (m * h)).reshape(lead)
 
 
 def stratum_index(distortion: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

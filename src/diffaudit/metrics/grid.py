@@ -8,6 +8,7 @@ FPR rule as :func:`diffaudit.metrics.membership_metrics` (tested equal column by
 from __future__ import annotations
 
 import numpy as np
+
 from ..errors import InputError
 from .single import FPR_TARGETS, fpr_within
 
