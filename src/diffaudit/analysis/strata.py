@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+
 from ..errors import InputError
 from ..metrics.grid import count_below
 
