@@ -97,18 +97,42 @@ def test_center_crop_is_the_bilinear_formula():
     assert pfami_timesteps(450, 50, T) == list(range(0, 451, 50))
 
 
-def test_pfami_equals_the_authors_pfami_logic():
+@pytest.mark.parametrize("max_rows", [None, 7, 12, 1000])  # one set per call, 2, 4, all 11 sets per call
+def test_pfami_equals_the_authors_pfami_logic(max_rows):
     m = TinyUNet64()
     x = torch.randn(3, 4, 8, 8, dtype=torch.float64)
     noise = keyed_noise(x.shape)
+    calls = []
+    eps = m.eps
+    m.eps = lambda xx, t, cond=None: calls.append(xx.shape[0]) or eps(xx, t)
 
     def getter(xx, t):
-        return m.eps(xx, torch.full((xx.shape[0],), t, dtype=torch.long))
+        return eps(xx, torch.full((xx.shape[0],), t, dtype=torch.long))
 
     want = reference_pfami(getter, x, m.alphas_cumprod.double(), noise, range(0, 451, 50), DEFAULT_STRENGTHS)
-    got = pfami(m, x, 450, noise_fn=noise)
+    got = pfami(m, x, 450, noise_fn=noise, max_rows=max_rows)
     assert got.shape == (3,)
     torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-13)
+    per_call = max(1, (max_rows or 3) // 3)
+    assert max(calls) == 3 * min(per_call, 11) and sum(calls) == 3 * 11 * 10  # 11 inputs, 10 t
+
+
+def test_pfami_repeats_a_tensor_condition_for_stacked_inputs():
+    """A conditional model sees each sample's own condition in every stacked set."""
+    m = TinyUNet64()
+    x = torch.randn(3, 4, 8, 8, dtype=torch.float64)
+    cond = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+
+    class Conditional:
+        alphas_cumprod = m.alphas_cumprod
+
+        def eps(self, xx, t, c):
+            return m.eps(xx, t) * c.view(-1, 1, 1, 1)
+
+    noise = keyed_noise(x.shape)
+    one = pfami(Conditional(), x, 100, cond, noise_fn=noise)
+    stacked = pfami(Conditional(), x, 100, cond, noise_fn=noise, max_rows=100)
+    torch.testing.assert_close(stacked, one, rtol=1e-12, atol=1e-14)
 
 
 class Memorising:

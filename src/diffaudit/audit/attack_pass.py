@@ -19,6 +19,10 @@ from ..errors import InputError, ModelError, NonFiniteError
 from .plan import AuditConfig
 from .samples import SampleSet, resolved_conditioning
 
+# Denoiser rows per call, in batches of samples: the sweep packs rows of many t and chains into
+# calls this large, and attacks called directly that take ``max_rows`` stack their rows alike.
+ROWS_PER_SAMPLE_BATCH = 8
+
 __all__ = ["unavailable_reason", "skipped_attacks", "attack_statistics", "in_batches", "short_keys"]
 
 
@@ -75,8 +79,10 @@ def _direct(spec) -> bool:
 
 def _direct_outputs(model, spec, z, cond, keys, config: AuditConfig, images, bs: int, t: int) -> torch.Tensor:
     """``spec.fn`` at one t over slices of at most `bs` samples (its draws are keyed by sample,
-    so slicing changes nothing), with what its needs name."""
-    takes_images = "images" in inspect.signature(spec.fn).parameters
+    so slicing changes nothing), with what its needs name; an attack taking ``max_rows`` gets
+    the sweep's rows per denoiser call."""
+    params = inspect.signature(spec.fn).parameters
+    takes_images = "images" in params
     codec = callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))
     parts = []
     for s in range(0, z.shape[0], bs):
@@ -93,6 +99,8 @@ def _direct_outputs(model, spec, z, cond, keys, config: AuditConfig, images, bs:
             kw["interval"] = config.secmi_interval
         if takes_images and codec and images is not None:
             kw["images"] = images[s:e].to(torch.float32)
+        if "max_rows" in params:
+            kw["max_rows"] = ROWS_PER_SAMPLE_BATCH * bs
         parts.append(spec.fn(model, z[s:e], t, **kw).detach())
     return torch.cat(parts)
 
@@ -141,7 +149,7 @@ def attack_statistics(model, z, cond, keys, config: AuditConfig, masks: torch.Te
         if swept:
             for attack, t, vec in attacks_mod.attack_sweep(
                 model, z, {a: sweep_grids[a] for a in swept}, attacks=swept, cond=cond, sample_ids=list(keys),
-                seed=config.seed, interval=config.secmi_interval, max_batch=bs * 8,
+                seed=config.seed, interval=config.secmi_interval, max_batch=ROWS_PER_SAMPLE_BATCH * bs,
             ):
                 vec = vec.detach()
                 if t in grids[attack]:
