@@ -95,3 +95,31 @@ def test_local_processes_return_rank_0_and_raise_a_workers_error_as_itself(capfd
         run_local_processes(_fails_on_rank_1, (), 2)
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err and "rank 1 refuses" not in out + err
+
+
+@pytest.mark.slow
+def test_audit_processes_equal_one_process(tmp_path_factory, tmp_path, capsys):
+    """`diffaudit audit --processes 2` (torchrun's launcher, one thread per worker) gives the
+    single-process results, each sample computed once, and one report."""
+    ws = workspace(tmp_path_factory)
+    out = tmp_path / "two"
+    code, stdout, err = run_cli([*audit_args(ws, out), "--processes", "2"], capsys)
+    assert code == 0, err
+    assert [ln.startswith("report: ") for ln in stdout.splitlines()].count(True) == 1, stdout[-2000:]
+    assert json.loads((out / "results.json").read_text())["timing"]["processes"] == 2
+    assert comparable(out / "results.json") == reference_results(tmp_path_factory)
+    assert_each_sample_once(out, ws)
+
+
+@pytest.mark.parametrize("extra, env, message", [
+    (["--device", "cuda"], {}, "--processes starts CPU processes"),
+    ([], {"WORLD_SIZE": "2"}, "--processes inside a launched run"),
+])
+def test_audit_processes_refused_where_a_launcher_is_the_way(tmp_path_factory, tmp_path, capsys, monkeypatch,
+                                                             extra, env, message):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    ws = workspace(tmp_path_factory)
+    code, out, err = run_cli([*audit_args(ws, tmp_path / "r"), "--processes", "2", *extra], capsys)
+    assert code == 2 and message in err and "Traceback" not in out + err
+    assert len(err.strip().splitlines()) == 1, err

@@ -120,18 +120,46 @@ def audit(
     no_progress: bool = typer.Option(False, "--no-progress"),
     lora: Optional[list[str]] = typer.Option(None, "--lora", help="LoRA safetensors PATH[:SCALE] applied to the model "
                                              "(repeatable; diffusers or kohya format; needs the 'lora' extra)."),
+    processes: int = typer.Option(1, "--processes", min=1, help="CPU audit processes on this machine (torchrun's "
+                                  "launcher), one torch thread each: the numbers equal one process's with "
+                                  "OMP_NUM_THREADS=1. For GPUs or machines: accelerate launch / torchrun."),
 ):
     """Audit a model on a member and a held-out split; resumable (rerun the same command)."""
+    job = (model, members, holdout, config, out, data_root, device, dtype, cond, seed, resize, overwrite,
+           no_progress, lora)
+    if processes > 1:
+        from .distributed import launched_distributed, run_local_processes
+        from .errors import ConfigError
+
+        if device != "cpu":
+            raise ConfigError(f"--processes starts CPU processes, not for --device {device}: launch GPU audits "
+                              "with accelerate launch or torchrun (README, 'Many GPUs')")
+        if launched_distributed():
+            raise ConfigError("--processes inside a launched run (WORLD_SIZE > 1): use one or the other")
+        result = run_local_processes(_audit_files, job + (1,), processes)
+    else:
+        result = _audit_files(*job)
+    if result is not None:
+        _show_results(result.results, out / "report.html")
+
+
+def _audit_files(model, members, holdout, config, out, data_root, device, dtype, cond, seed, resize, overwrite,
+                 no_progress, lora, threads=None):
+    """`diffaudit audit` in this process (alone, or one rank of a group) with `threads` torch
+    threads (None: as set); rank 0's AuditResult, else None."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     from .audit import SampleSet, load_config, model_folder_hash, run_audit
     from .data import load_split_pair
     from .distributed import process_group
     from .models import LatentDiffusion
+    from .models.lora import parse_lora_arg
 
     cfg = load_config(config, cond=cond, seed=seed)
     m_split, h_split = load_split_pair(members, holdout, root=data_root)
     with process_group(device) as pg, _progress_bars(not no_progress):
-        from .models.lora import parse_lora_arg
-
         lm = LatentDiffusion.from_pretrained(model, device=pg.device, dtype=dtype,
                                              lora=[parse_lora_arg(a) for a in lora or ()])
         samples = SampleSet.from_splits(m_split, h_split, image_shape=lm.image_shape, cond=cfg.cond,
@@ -139,11 +167,9 @@ def audit(
         split_info = {"members": {"path": str(members), "sha256": m_split.digest(), "n": len(m_split)},
                       "heldout": {"path": str(holdout), "sha256": h_split.digest(), "n": len(h_split)}}
         info = {"path": str(model), "sha256": model_folder_hash(model, lora=getattr(lm, "loras", None) or ())}
-        result = run_audit(lm, samples, cfg, out_dir=out, model_info=info, split_info=split_info, overwrite=overwrite,
-                           progress=not no_progress and pg.is_main, rank=pg.rank, world_size=pg.world_size,
-                           barrier=pg.barrier, log=echo)
-    if result is not None:
-        _show_results(result.results, out / "report.html")
+        return run_audit(lm, samples, cfg, out_dir=out, model_info=info, split_info=split_info, overwrite=overwrite,
+                         progress=not no_progress and pg.is_main, rank=pg.rank, world_size=pg.world_size,
+                         barrier=pg.barrier, log=echo if pg.is_main else None)
 
 
 @app.command()
