@@ -13,10 +13,12 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(candidates: dict[str, Callable[[], object]], repeats: int, device="cpu",
+def measure(candidates: dict[str, Callable[[], object]], repeats: int | dict[str, int], device="cpu",
             warmup: bool = True) -> dict[str, dict]:
     """Time each candidate `repeats` times, interleaved and rotated (A B C, B C A, C A B, …),
-    after one warm-up each.
+    after one warm-up each. `repeats` may be a count per candidate: a candidate whose count is
+    reached drops out of the later rounds (a baseline taking ten times as long as the others
+    needs fewer repeats for the same share of the machine's noise).
 
     Interleaving spreads a shared machine's load over all candidates alike; rotating the order
     stops one candidate always running after the same other one (a loop of batch-1 calls leaves
@@ -30,8 +32,11 @@ def measure(candidates: dict[str, Callable[[], object]], repeats: int, device="c
     times: dict[str, list[float]] = {k: [] for k in candidates}
     cpu: dict[str, list[float]] = {k: [] for k in candidates}
     names = list(candidates)
-    for r in range(repeats):
+    counts = repeats if isinstance(repeats, dict) else dict.fromkeys(names, repeats)
+    for r in range(max(counts.values())):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            if r >= counts[name]:
+                continue
             fn = candidates[name]
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
