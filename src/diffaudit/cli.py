@@ -136,7 +136,7 @@ def audit(
                               "with accelerate launch or torchrun (README, 'Many GPUs')")
         if launched_distributed():
             raise ConfigError("--processes inside a launched run (WORLD_SIZE > 1): use one or the other")
-        result = run_local_processes(_audit_files, job + (1,), processes)
+        result = run_local_processes(_audit_files, (*job, 1), processes)  # one torch thread per worker
     else:
         result = _audit_files(*job)
     if result is not None:

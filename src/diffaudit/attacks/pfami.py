@@ -153,7 +153,7 @@ def pfami(model, z: torch.Tensor, t=450, cond=None, *, sample_ids: Sequence | No
             ks = range(first, min(first + per_call, len(inputs)))
             e = torch.cat([noise(k, t_) for k in ks])
             tt = torch.full((e.shape[0],), t_, dtype=torch.long, device=z.device)
-            c = None if cond is None else torch.cat([cond] * len(ks)) if len(ks) > 1 else cond
+            c = cond if cond is None or len(ks) == 1 else torch.cat([cond] * len(ks))
             x = torch.cat([inputs[k] for k in ks])
             loss = (model_eps(model, s.noisy(x, tt, e), tt, c) - e).pow(2).mean(dims)
             for j, k in enumerate(ks):
