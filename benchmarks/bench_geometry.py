@@ -201,8 +201,8 @@ def bench_distortion(device: str, size: str, quick: bool) -> dict:
     cands = {name: (lambda name=name: ours(name)) for name in settings}
     cands["authors"] = authors
     # Repeats by length: the default's runs take seconds, so three of them, interleaved with
-    # the others (one before the authors' run, one after); the authors' path and Algorithm 1
-    # take 30 s and 10 s, long enough to average the machine's noise in one run, and their
+    # the others (one before the authors' run, two after); the authors' path and Algorithm 1
+    # take about 30 s and 10 s, long enough to average the machine's noise in one run, and their
     # cost does not depend on the data (a fixed 300 products per sample).
     repeats = {name: 1 for name in cands} if quick else {name: 1 if name in ("authors", "alg1_fd") else 3
                                                        for name in cands}

@@ -169,7 +169,7 @@ def _audit_files(model, members, holdout, config, out, data_root, device, dtype,
         info = {"path": str(model), "sha256": model_folder_hash(model, lora=getattr(lm, "loras", None) or ())}
         return run_audit(lm, samples, cfg, out_dir=out, model_info=info, split_info=split_info, overwrite=overwrite,
                          progress=not no_progress and pg.is_main, rank=pg.rank, world_size=pg.world_size,
-                         barrier=pg.barrier, log=echo if pg.is_main else None)
+                         barrier=pg.barrier, log=echo)
 
 
 @app.command()

@@ -24,7 +24,8 @@ def _sorted_layout(mem: np.ndarray, held: np.ndarray):
     is_mem = order < mem.size
     n_mem_at = np.r_[0, np.cumsum(is_mem)[ends]]
     n_held_at = np.r_[0, np.cumsum(~is_mem)[ends]]
-    return np.argsort(-mem, kind="stable"), np.argsort(-held, kind="stable"), n_mem_at, n_held_at
+    # Each class in the merged (stable) order is that class in its own descending order.
+    return order[is_mem], order[~is_mem] - mem.size, n_mem_at, n_held_at
 
 
 # Rows of weightings evaluated together: about a megabyte per [rows, thresholds] float array,
@@ -36,8 +37,6 @@ BLOCK_ELEMS = 2**17
 def _weighted_metrics(layout, w_mem: np.ndarray, w_held: np.ndarray, metrics) -> dict:
     """Metrics for B weightings at once (w_*: [B, m] / [B, h] sample multiplicities)."""
     rows = max(1, BLOCK_ELEMS // layout[2].size)
-    if w_mem.shape[0] <= rows:
-        return _block_metrics(layout, w_mem, w_held, metrics)
     parts = [_block_metrics(layout, w_mem[s:s + rows], w_held[s:s + rows], metrics)
              for s in range(0, w_mem.shape[0], rows)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
